@@ -6,3 +6,7 @@
 
 #[cfg(feature = "emulator")]
 pub mod emulator;
+
+pub mod client;
+
+pub use client::{Audience, LogsIngestionClient, RetryPolicy, UploadError, UploadReport};

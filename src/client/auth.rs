@@ -1,0 +1,333 @@
+//! Access tokens: the audience per cloud, a shared single-flight token cache, and a credential
+//! picked from the environment.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
+use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
+use azure_identity::{
+    ClientSecretCredential, ClientSecretCredentialOptions, DeveloperToolsCredential, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
+
+use super::error::{ConfigError, FailureReason};
+
+/// Which Azure cloud the ingestion endpoint is in; it decides the token scope.
+///
+/// A token for the wrong cloud is answered with 401. The default is the public cloud.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Audience {
+    /// Azure public cloud: scope `https://monitor.azure.com//.default`.
+    #[default]
+    AzurePublic,
+    /// Azure US Government: scope `https://monitor.azure.us//.default`.
+    AzureUsGovernment,
+    /// Azure China (21Vianet): scope `https://monitor.azure.cn//.default`.
+    AzureChina,
+    /// Any other scope, used as given.
+    Custom(String),
+}
+
+impl Audience {
+    /// The OAuth scope to ask the credential for (the official SDKs' spelling).
+    pub fn scope(&self) -> &str {
+        match self {
+            Audience::AzurePublic => "https://monitor.azure.com//.default",
+            Audience::AzureUsGovernment => "https://monitor.azure.us//.default",
+            Audience::AzureChina => "https://monitor.azure.cn//.default",
+            Audience::Custom(scope) => scope,
+        }
+    }
+}
+
+/// `ClientOptions` for azure_identity credentials that suit a logger: a short retry policy (3
+/// retries within 10 s instead of the SDK's default, which takes about 80 s to fail on an
+/// unreachable endpoint) and `http` as the transport, so tokens and uploads share one connection
+/// pool and one TLS configuration.
+pub fn credential_client_options(http: &reqwest::Client) -> ClientOptions {
+    ClientOptions {
+        retry: RetryOptions::exponential(ExponentialRetryOptions {
+            initial_delay: azure_core::time::Duration::milliseconds(200),
+            max_retries: 3,
+            max_total_elapsed: azure_core::time::Duration::seconds(10),
+            max_delay: azure_core::time::Duration::seconds(2),
+        }),
+        transport: Some(Transport::new(Arc::new(http.clone()))),
+        ..ClientOptions::default()
+    }
+}
+
+/// Picks a credential from the environment, as `DefaultAzureCredential` does in the other Azure SDKs
+/// (azure_identity 1.0 has no such chain), using the crate's default HTTP client.
+///
+/// See [`credential_from_env_with`] for the order.
+pub fn credential_from_env() -> Result<Arc<dyn TokenCredential>, ConfigError> {
+    credential_from_env_with(&super::default_http_client()?)
+}
+
+/// Picks a credential from the environment, with `http` as its transport:
+///
+/// 1. `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_CLIENT_SECRET` → `ClientSecretCredential`;
+/// 2. `AZURE_FEDERATED_TOKEN_FILE` → `WorkloadIdentityCredential` (AKS workload identity);
+/// 3. `IDENTITY_ENDPOINT` or `MSI_ENDPOINT` (App Service, Functions, Container Apps), or
+///    `AZURE_USE_MANAGED_IDENTITY=true` (a VM's IMDS, which has no environment marker) →
+///    `ManagedIdentityCredential`, user-assigned when `AZURE_CLIENT_ID` is set;
+/// 4. otherwise `DeveloperToolsCredential` (Azure CLI, then Azure Developer CLI).
+///
+/// A token error from the chosen credential lists what was tried, so a missing variable is easy
+/// to spot. The credential's own retries are short (see [`credential_client_options`]).
+pub fn credential_from_env_with(http: &reqwest::Client) -> Result<Arc<dyn TokenCredential>, ConfigError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let mut tried = Vec::new();
+    let fail = |what: &str, e: azure_core::Error| ConfigError::Credential(format!("{what}: {e}"));
+
+    match (
+        var("AZURE_TENANT_ID"),
+        var("AZURE_CLIENT_ID"),
+        var("AZURE_CLIENT_SECRET"),
+    ) {
+        (Some(tenant), Some(client_id), Some(secret)) => {
+            let credential = ClientSecretCredential::new(
+                &tenant,
+                client_id,
+                Secret::new(secret),
+                Some(ClientSecretCredentialOptions {
+                    client_options: credential_client_options(http),
+                }),
+            )
+            .map_err(|e| {
+                fail(
+                    "client secret credential from AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET",
+                    e,
+                )
+            })?;
+            return Ok(EnvCredential::wrap(
+                credential,
+                "client secret (AZURE_CLIENT_SECRET)",
+                tried,
+            ));
+        }
+        (tenant, client, secret) => tried.push(format!(
+            "client secret: not used, missing {}",
+            [
+                ("AZURE_TENANT_ID", tenant),
+                ("AZURE_CLIENT_ID", client),
+                ("AZURE_CLIENT_SECRET", secret)
+            ]
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+        )),
+    }
+
+    if var("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+        let mut options = WorkloadIdentityCredentialOptions::default();
+        options.credential_options.client_options = credential_client_options(http);
+        let credential = WorkloadIdentityCredential::new(Some(options))
+            .map_err(|e| fail("workload identity credential from AZURE_FEDERATED_TOKEN_FILE", e))?;
+        return Ok(EnvCredential::wrap(
+            credential,
+            "workload identity (AZURE_FEDERATED_TOKEN_FILE)",
+            tried,
+        ));
+    }
+    tried.push("workload identity: not used, AZURE_FEDERATED_TOKEN_FILE is not set".into());
+
+    let forced = var("AZURE_USE_MANAGED_IDENTITY").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    if forced || var("IDENTITY_ENDPOINT").is_some() || var("MSI_ENDPOINT").is_some() {
+        let credential = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+            user_assigned_id: var("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
+            client_options: credential_client_options(http),
+        }))
+        .map_err(|e| fail("managed identity credential", e))?;
+        return Ok(EnvCredential::wrap(credential, "managed identity", tried));
+    }
+    tried.push(
+        "managed identity: not used, none of IDENTITY_ENDPOINT, MSI_ENDPOINT, AZURE_USE_MANAGED_IDENTITY=true is set"
+            .into(),
+    );
+
+    let credential = DeveloperToolsCredential::new(None).map_err(|e| fail("developer tools credential", e))?;
+    Ok(EnvCredential::wrap(
+        credential,
+        "developer tools (Azure CLI, Azure Developer CLI)",
+        tried,
+    ))
+}
+
+/// A credential chosen from the environment; its errors say what was chosen and what was not.
+struct EnvCredential {
+    inner: Arc<dyn TokenCredential>,
+    chosen: &'static str,
+    tried: Vec<String>,
+}
+
+impl EnvCredential {
+    fn wrap<C: TokenCredential + 'static>(
+        inner: Arc<C>,
+        chosen: &'static str,
+        tried: Vec<String>,
+    ) -> Arc<dyn TokenCredential> {
+        Arc::new(EnvCredential { inner, chosen, tried })
+    }
+}
+
+impl fmt::Debug for EnvCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnvCredential")
+            .field("chosen", &self.chosen)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for EnvCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        self.inner.get_token(scopes, options).await.map_err(|e| {
+            let mut message = format!("{} credential failed: {e}", self.chosen);
+            for t in &self.tried {
+                message.push_str("; ");
+                message.push_str(t);
+            }
+            azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, message)
+        })
+    }
+}
+
+/// A token as the cache keeps it. `Debug` never shows the token.
+pub(crate) struct CachedToken {
+    token: Secret,
+    refresh_at: Instant,
+}
+
+impl CachedToken {
+    pub(crate) fn bearer(&self) -> String {
+        format!("Bearer {}", self.token.secret())
+    }
+}
+
+impl fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("refresh_at", &self.refresh_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shares one token among all uploads: cached until shortly before it expires, and refreshed by
+/// one request however many uploads need it at once. A failed fetch is remembered for a second,
+/// so waiting uploads fail together instead of each asking again.
+pub(crate) struct TokenCache {
+    credential: Arc<dyn TokenCredential>,
+    scope: String,
+    current: RwLock<Option<Arc<CachedToken>>>,
+    last_error: RwLock<Option<(Instant, String)>>,
+    fetch_lock: tokio::sync::Mutex<()>,
+    fetches: AtomicU64,
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("scope", &self.scope)
+            .field("credential", &self.credential)
+            .field("fetches", &self.fetches.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+const ERROR_MEMORY: Duration = Duration::from_secs(1);
+
+impl TokenCache {
+    pub(crate) fn new(credential: Arc<dyn TokenCredential>, scope: String) -> Self {
+        TokenCache {
+            credential,
+            scope,
+            current: RwLock::new(None),
+            last_error: RwLock::new(None),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// Times the credential was asked for a token.
+    pub(crate) fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// A token that is not due for refresh, fetching one if needed.
+    pub(crate) async fn get(&self) -> Result<Arc<CachedToken>, FailureReason> {
+        if let Some(token) = self.fresh() {
+            return Ok(token);
+        }
+        let _one_fetch = self.fetch_lock.lock().await;
+        if let Some(token) = self.fresh() {
+            return Ok(token);
+        }
+        self.fetch().await
+    }
+
+    /// After a 401 with `rejected`: fetch a new token, unless another upload already did.
+    pub(crate) async fn replace(&self, rejected: &Arc<CachedToken>) -> Result<Arc<CachedToken>, FailureReason> {
+        let _one_fetch = self.fetch_lock.lock().await;
+        if let Some(token) = self.fresh()
+            && !Arc::ptr_eq(&token, rejected)
+        {
+            return Ok(token);
+        }
+        self.fetch().await
+    }
+
+    fn fresh(&self) -> Option<Arc<CachedToken>> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().filter(|t| Instant::now() < t.refresh_at).cloned()
+    }
+
+    async fn fetch(&self) -> Result<Arc<CachedToken>, FailureReason> {
+        if let Some((at, message)) = self.last_error.read().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && at.elapsed() < ERROR_MEMORY
+        {
+            return Err(self.auth_error(message.clone()));
+        }
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        match self.credential.get_token(&[&self.scope], None).await {
+            Ok(access) => {
+                let lifetime = (access.expires_on - azure_core::time::OffsetDateTime::now_utc())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO);
+                // Refresh 5 minutes ahead, or at half-life for short-lived tokens.
+                let margin = (lifetime / 2).min(Duration::from_secs(300));
+                let token = Arc::new(CachedToken {
+                    token: access.token,
+                    refresh_at: Instant::now() + lifetime - margin,
+                });
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+                *self.last_error.write().unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(token)
+            }
+            Err(e) => {
+                let message = e.to_string();
+                *self.last_error.write().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), message.clone()));
+                Err(self.auth_error(message))
+            }
+        }
+    }
+
+    fn auth_error(&self, message: String) -> FailureReason {
+        FailureReason::Authentication {
+            scope: self.scope.clone(),
+            message,
+        }
+    }
+}
