@@ -1,12 +1,68 @@
-//! Ship application logs to Azure Monitor Logs through the Logs Ingestion API.
+//! Ship `tracing` events (and your own rows) to Azure Monitor Logs through the Logs Ingestion API
+//! (data collection endpoints and rules), without blocking, locking or allocating on the
+//! application's threads.
 //!
-//! The crate is being built up issue by issue; see the README for the status of each capability.
+//! ```no_run
+//! // Reads AZURE_DCE_ENDPOINT, AZURE_DCR_RULE_ID, AZURE_DCR_STREAM_NAME and picks an Azure
+//! // credential; installs a registry + EnvFilter (RUST_LOG, default info) + this layer + LogTracer.
+//! let _guard = tracing_azure_logs::init();
+//! tracing::info!(user_id = 42, "signed in");
+//! // Dropping the guard at the end of main flushes (at most 5 s by default).
+//! ```
+//!
+//! Or compose the layer yourself:
+//!
+//! ```no_run
+//! use tracing_subscriber::prelude::*;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let credential = tracing_azure_logs::client::StaticTokenCredential::new("t");
+//! let (layer, guard) = tracing_azure_logs::AzureLogs::builder()
+//!     .endpoint("https://my-dce.eastus-1.ingest.monitor.azure.com")
+//!     .rule_id("dcr-00000000000000000000000000000000")
+//!     .stream("Custom-MyService_CL")
+//!     .credential(credential)
+//!     .static_column("Service", "checkout")
+//!     .build()?;
+//! tracing_subscriber::registry().with(tracing_subscriber::EnvFilter::new("info")).with(layer).init();
+//! # drop(guard); Ok(()) }
+//! ```
+//!
+//! # What happens to an event
+//!
+//! The layer encodes it as one JSON row (columns: see [`row`]) into a reused buffer and pushes it
+//! on a bounded lock-free queue. A worker thread (its own current-thread tokio runtime: the
+//! application needs no runtime, and a runtime in the application is never blocked) drains the
+//! queue every few milliseconds, cuts rows into gzipped batches that fit the service's 1 MiB
+//! limit, and uploads them, up to 5 at a time, with retries.
+//!
+//! - **Full queue**: the row is dropped and counted ([`Stats::dropped`]), and the worker adds a
+//!   diagnostic row to the table saying how many were dropped; or, opt-in, the producer waits
+//!   ([`FullPolicy::Block`]).
+//! - **Failures** (rejected, retries exhausted, row too large) are counted ([`Stats::failed`]) and
+//!   passed, with the rows, to the `on_error` callback (default: a line on stderr).
+//! - **Delivery is at-least-once**: a request that timed out after the service stored it is sent
+//!   again, and the service does not deduplicate.
+//! - **Shutdown**: [`AzureLogsGuard::flush`] waits for acknowledgement; dropping the guard flushes
+//!   for at most the flush timeout, then stops. Events after that are counted as dropped.
+//! - **No feedback loop**: events emitted on the worker thread (by reqwest, hyper, h2, rustls,
+//!   azure_core) are never shipped.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod client;
+mod config;
 #[cfg(feature = "emulator")]
 pub mod emulator;
-
-pub mod client;
+mod layer;
+mod pipeline;
+mod route;
+pub mod row;
 
 pub use client::{Audience, LogsIngestionClient, RetryPolicy, UploadError, UploadReport};
+pub use config::{
+    AzureLogs, AzureLogsBuilder, Column, ENV_EMULATOR_TOKEN, ENV_ENDPOINT, ENV_RULE_ID, ENV_STREAM, InitError, init,
+    install, try_init,
+};
+pub use layer::AzureLogsLayer;
+pub use pipeline::{AzureLogsGuard, FlushReport, FullPolicy, Stats};
+pub use row::Columns;

@@ -41,7 +41,9 @@ use reqwest::Url;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use serde::Serialize;
 
-pub use auth::{Audience, credential_client_options, credential_from_env, credential_from_env_with};
+pub use auth::{
+    Audience, StaticTokenCredential, credential_client_options, credential_from_env, credential_from_env_with,
+};
 pub use batch::MAX_BODY_BYTES;
 pub use error::{ConfigError, FailedBatch, FailureReason, UploadError};
 pub use retry::RetryPolicy;
@@ -446,10 +448,6 @@ impl LogsIngestionClient {
 
     pub(crate) fn max_uncompressed(&self) -> usize {
         self.inner.max_uncompressed
-    }
-
-    pub(crate) fn gzip_level(&self) -> u32 {
-        self.inner.gzip_level
     }
 
     /// `{endpoint}/dataCollectionRules/{rule}/streams/{stream}?api-version=...`, segments escaped.

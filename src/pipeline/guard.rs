@@ -1,0 +1,166 @@
+//! The guard: flush, stats, and a bounded shutdown when it is dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::client::LogsIngestionClient;
+use crate::pipeline::queue::Queue;
+use crate::pipeline::worker::Control;
+
+/// Counts since the pipeline started.
+///
+/// Every row the application emitted ends up in exactly one of `dropped` (the queue was full, or
+/// the pipeline had stopped), `sent` (accepted by the service), `failed` (reported through
+/// `on_error`), or is still pending: `enqueued - sent - failed`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Rows put on the queue.
+    pub enqueued: u64,
+    /// Rows dropped because the queue was full or the pipeline had stopped.
+    pub dropped: u64,
+    /// Rows the service accepted.
+    pub sent: u64,
+    /// Rows reported failed (too large, rejected, retries exhausted, or unconfirmed at shutdown).
+    pub failed: u64,
+    /// HTTP requests that were retries.
+    pub retried: u64,
+    /// HTTP requests made.
+    pub uploads: u64,
+    /// Request body bytes put on the wire (gzipped), retries included.
+    pub wire_bytes: u64,
+    /// Diagnostic rows the worker added to the log stream to report drops (not in `sent`).
+    pub diagnostic_rows: u64,
+}
+
+impl Stats {
+    /// Rows enqueued but not yet sent or reported failed.
+    pub fn pending(&self) -> u64 {
+        self.enqueued.saturating_sub(self.sent + self.failed)
+    }
+}
+
+/// The result of a flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlushReport {
+    /// Whether every row enqueued before the flush was sent or reported failed in time.
+    pub completed: bool,
+    /// The counts when the flush returned.
+    pub stats: Stats,
+}
+
+/// Keeps the pipeline running. Dropping it flushes (waiting at most the configured flush timeout,
+/// default 5 s), then stops the worker; events emitted afterwards are counted as dropped.
+///
+/// Pitfall: bind it to a named variable that lives until the end of `main` (`let _guard = ...`,
+/// not `let _ = ...`, which drops it at once).
+#[must_use = "dropping the guard flushes and stops the pipeline: keep it alive until the end of main"]
+pub struct AzureLogsGuard {
+    pub(crate) shared: Arc<Queue>,
+    pub(crate) client: LogsIngestionClient,
+    pub(crate) control: Sender<Control>,
+    pub(crate) worker: Option<JoinHandle<()>>,
+    pub(crate) flush_timeout: Duration,
+}
+
+impl std::fmt::Debug for AzureLogsGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureLogsGuard")
+            .field("stats", &self.stats())
+            .field("flush_timeout", &self.flush_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AzureLogsGuard {
+    /// Waits until every row enqueued before this call is accepted by the service or reported
+    /// failed. Bounded by the retry policy's deadline per batch, not by the flush timeout.
+    pub fn flush(&self) -> FlushReport {
+        self.flush_within(None)
+    }
+
+    /// Like [`flush`](Self::flush), but returns after `timeout` at the latest;
+    /// `completed` says whether everything was settled by then.
+    pub fn flush_timeout(&self, timeout: Duration) -> FlushReport {
+        self.flush_within(Some(timeout))
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        let client = self.client.counters();
+        Stats {
+            enqueued: c.enqueued.load(Ordering::Acquire),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            sent: c.sent.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            retried: client.retries.load(Ordering::Relaxed),
+            uploads: client.requests.load(Ordering::Relaxed),
+            wire_bytes: client.wire_bytes.load(Ordering::Relaxed),
+            diagnostic_rows: c.diagnostic_rows.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Flushes within the configured flush timeout, stops the worker, and reports. Rows not
+    /// confirmed by then are counted as failed (and passed to `on_error`).
+    pub fn shutdown(mut self) -> FlushReport {
+        self.stop()
+    }
+
+    fn flush_within(&self, timeout: Option<Duration>) -> FlushReport {
+        let target = self.shared.counters.enqueued.load(Ordering::Acquire);
+        let (reply, done) = crossbeam_channel::bounded(1);
+        let completed = self.control.send(Control::Flush { target, reply }).is_ok()
+            && match timeout {
+                Some(t) => done.recv_timeout(t).is_ok(),
+                None => done.recv().is_ok(),
+            };
+        FlushReport {
+            completed,
+            stats: self.stats(),
+        }
+    }
+
+    fn stop(&mut self) -> FlushReport {
+        let Some(worker) = self.worker.take() else {
+            return FlushReport {
+                completed: true,
+                stats: self.stats(),
+            };
+        };
+        let flushed = self.flush_timeout(self.flush_timeout);
+        self.shared.close();
+        let (reply, done) = crossbeam_channel::bounded(1);
+        // The worker answers at its next tick; a worker that cannot (it panicked) is not waited for.
+        if self.control.send(Control::Shutdown { reply }).is_ok() && done.recv_timeout(Duration::from_secs(2)).is_ok() {
+            let _ = worker.join();
+        }
+        let stats = self.stats();
+        if !flushed.completed {
+            eprintln!(
+                "tracing-azure-logs: stopped after the {:?} flush timeout; {} row(s) were not confirmed (sent {}, failed {}, dropped {})",
+                self.flush_timeout,
+                flushed.stats.pending(),
+                stats.sent,
+                stats.failed,
+                stats.dropped
+            );
+        }
+        FlushReport {
+            completed: flushed.completed,
+            stats,
+        }
+    }
+}
+
+impl Drop for AzureLogsGuard {
+    fn drop(&mut self) {
+        // Blocking here is bounded (flush timeout + 2 s) and never panics, also inside a runtime.
+        self.stop();
+    }
+}

@@ -1,0 +1,9 @@
+//! The background pipeline: the bounded queue the hot path pushes to, the worker that batches and
+//! uploads, and the guard that flushes and stops it.
+
+pub(crate) mod guard;
+pub(crate) mod queue;
+pub(crate) mod worker;
+
+pub use guard::{AzureLogsGuard, FlushReport, Stats};
+pub use queue::FullPolicy;

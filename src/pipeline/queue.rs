@@ -1,0 +1,202 @@
+//! The hot path's only shared state: a bounded lock-free row queue, and a free list of emptied
+//! buffers the worker hands back so that producers reuse memory instead of allocating (and the
+//! worker never frees what an application thread allocated).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+/// Buffers larger than this are not kept for reuse (one huge event must not pin memory).
+const MAX_POOLED_CAPACITY: usize = 16 * 1024;
+const FRESH_CAPACITY: usize = 512;
+
+/// What a producer does when the queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FullPolicy {
+    /// Drop the new row and count it (default): the application never waits.
+    DropNewest,
+    /// Wait up to this long for room, then drop and count. The calling thread stalls meanwhile.
+    Block(Duration),
+}
+
+/// One encoded row and the stream it goes to.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) stream: u32,
+    pub(crate) json: Vec<u8>,
+}
+
+/// Counters that producers and the worker update.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) enqueued: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) sent: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) diagnostic_rows: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    rows: ArrayQueue<Queued>,
+    free: ArrayQueue<Vec<u8>>,
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+    pooled_bytes: AtomicUsize,
+    policy: FullPolicy,
+    closed: AtomicBool,
+    pub(crate) counters: Counters,
+}
+
+impl Queue {
+    pub(crate) fn new(max_rows: usize, max_bytes: usize, policy: FullPolicy) -> Self {
+        Queue {
+            rows: ArrayQueue::new(max_rows.max(1)),
+            free: ArrayQueue::new(max_rows.max(1)),
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            pooled_bytes: AtomicUsize::new(0),
+            policy,
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+        }
+    }
+
+    /// An empty buffer, reused when one is free.
+    pub(crate) fn buffer(&self) -> Vec<u8> {
+        match self.free.pop() {
+            Some(buf) => {
+                self.pooled_bytes.fetch_sub(buf.capacity(), Ordering::Relaxed);
+                buf
+            }
+            None => Vec::with_capacity(FRESH_CAPACITY),
+        }
+    }
+
+    /// Hands an emptied buffer back for reuse, unless it is oversized or the pool holds enough.
+    pub(crate) fn recycle(&self, mut buf: Vec<u8>) {
+        let capacity = buf.capacity();
+        if capacity > MAX_POOLED_CAPACITY || self.pooled_bytes.load(Ordering::Relaxed) + capacity > self.max_bytes {
+            return;
+        }
+        buf.clear();
+        if self.free.push(buf).is_ok() {
+            self.pooled_bytes.fetch_add(capacity, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether producers should stop (the guard is gone); their rows count as dropped.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Enqueues a row without blocking (unless the policy says so); on failure the row is counted
+    /// as dropped and its buffer recycled. Returns whether it was enqueued.
+    pub(crate) fn push(&self, stream: u32, json: Vec<u8>) -> bool {
+        if self.is_closed() {
+            return self.drop_row(json);
+        }
+        let len = json.len();
+        let mut item = Queued { stream, json };
+        let mut deadline = None;
+        loop {
+            if self.queued_bytes.load(Ordering::Relaxed) + len <= self.max_bytes {
+                match self.rows.push(item) {
+                    Ok(()) => {
+                        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                        self.counters.enqueued.fetch_add(1, Ordering::Release);
+                        return true;
+                    }
+                    Err(back) => item = back,
+                }
+            }
+            let FullPolicy::Block(wait) = self.policy else {
+                return self.drop_row(item.json);
+            };
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
+            if Instant::now() >= deadline || self.is_closed() {
+                return self.drop_row(item.json);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    fn drop_row(&self, json: Vec<u8>) -> bool {
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        self.recycle(json);
+        false
+    }
+
+    /// The next row, for the worker.
+    pub(crate) fn pop(&self) -> Option<Queued> {
+        let item = self.rows.pop()?;
+        self.queued_bytes.fetch_sub(item.json.len(), Ordering::Relaxed);
+        Some(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queue_drops_and_counts() {
+        let q = Queue::new(2, 1 << 20, FullPolicy::DropNewest);
+        assert!(q.push(0, b"{}".to_vec()));
+        assert!(q.push(0, b"{}".to_vec()));
+        assert!(!q.push(0, b"{}".to_vec()));
+        assert_eq!(q.counters.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(q.counters.enqueued.load(Ordering::Relaxed), 2);
+        assert!(q.pop().is_some());
+        assert!(q.push(0, b"{}".to_vec()));
+    }
+
+    #[test]
+    fn byte_cap_drops_before_the_row_cap() {
+        let q = Queue::new(100, 10, FullPolicy::DropNewest);
+        assert!(q.push(0, vec![b'x'; 6]));
+        assert!(!q.push(0, vec![b'x'; 6]));
+        assert!(q.push(0, vec![b'x'; 4]));
+    }
+
+    #[test]
+    fn block_policy_waits_for_room_then_gives_up() {
+        let q = std::sync::Arc::new(Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_secs(5))));
+        assert!(q.push(0, b"{}".to_vec()));
+        let q2 = q.clone();
+        let popper = std::thread::spawn(move || {
+            // Frees the slot once the producer is waiting on it.
+            while q2.counters.enqueued.load(Ordering::Acquire) < 1 {}
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while q2.pop().is_none() && Instant::now() < deadline {}
+        });
+        assert!(q.push(0, b"{}".to_vec()), "waited for room");
+        popper.join().unwrap();
+
+        let q = Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_millis(20)));
+        assert!(q.push(0, b"{}".to_vec()));
+        let started = Instant::now();
+        assert!(!q.push(0, b"{}".to_vec()));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn recycled_buffers_are_reused_and_oversized_ones_are_not() {
+        let q = Queue::new(4, 1 << 20, FullPolicy::DropNewest);
+        let mut b = q.buffer();
+        b.extend_from_slice(b"hello");
+        let ptr = b.as_ptr();
+        q.recycle(b);
+        let again = q.buffer();
+        assert_eq!(again.as_ptr(), ptr);
+        assert!(again.is_empty());
+        q.recycle(Vec::with_capacity(MAX_POOLED_CAPACITY + 1));
+        assert_eq!(q.buffer().capacity(), FRESH_CAPACITY);
+    }
+}

@@ -1,0 +1,474 @@
+//! The background worker: one thread with a current-thread tokio runtime, under a subscriber that
+//! records nothing (so the HTTP stack's own events never re-enter the pipeline).
+//!
+//! Every tick it drains the queue into one batch builder per stream, closes batches on size, on
+//! age (`max_delay`) and on flush, and keeps up to `max_concurrency` uploads in flight. It never
+//! holds more than one closed batch per stream waiting for a free upload slot: when uploads fall
+//! behind, rows stay in the bounded queue (which then drops and counts), so there is no unbounded
+//! second buffer.
+
+use std::cell::Cell;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use reqwest::Url;
+
+use crate::client::batch::{Batch, BatchBuilder, Push};
+use crate::client::{FailedBatch, FailureReason, LogsIngestionClient, OnError, SendOutcome};
+use crate::pipeline::queue::{Queue, Queued};
+use crate::row::RowShape;
+
+/// How often the worker looks at the queue. Producers never wake it.
+const TICK: Duration = Duration::from_millis(5);
+/// Rows drained per tick at most, so control messages and finished uploads are seen promptly.
+const DRAIN_PER_TICK: usize = 50_000;
+/// Row ids at or above this mark the worker's own diagnostic rows.
+const DIAGNOSTIC_ID: usize = 1 << 62;
+
+thread_local! {
+    static IN_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread is a pipeline worker (whose events must not be shipped).
+pub(crate) fn in_worker() -> bool {
+    IN_WORKER.with(Cell::get)
+}
+
+/// A destination: rule and stream.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) rule_id: String,
+    pub(crate) stream: String,
+}
+
+/// Messages from the guard and from handles.
+pub(crate) enum Control {
+    /// Settle every row counted in `enqueued` up to `target`, then reply.
+    Flush { target: u64, reply: Sender<()> },
+    /// A new destination, with id `id`.
+    Register { id: u32, target: Target },
+    /// Stop: abandon what is not sent, then reply.
+    Shutdown { reply: Sender<()> },
+}
+
+/// Settings the worker runs with.
+pub(crate) struct WorkerConfig {
+    pub(crate) max_delay: Duration,
+    pub(crate) diagnostic_interval: Duration,
+    pub(crate) on_error: Option<OnError>,
+    pub(crate) shape: Arc<RowShape>,
+}
+
+type Upload = Pin<Box<dyn Future<Output = (u64, u32, Vec<(Batch, SendOutcome)>)> + Send>>;
+
+struct Stream {
+    target: Target,
+    url: Url,
+    builder: BatchBuilder,
+    opened: Option<Instant>,
+}
+
+struct PendingFlush {
+    target: u64,
+    /// Set once every row of the flush is in a closed batch: batches with lower ids must settle.
+    mark: Option<u64>,
+    reply: Sender<()>,
+}
+
+pub(crate) struct Worker {
+    queue: Arc<Queue>,
+    client: LogsIngestionClient,
+    config: WorkerConfig,
+    streams: Vec<Option<Stream>>,
+    ready: VecDeque<(u64, u32, Batch)>,
+    in_flight: FuturesUnordered<Upload>,
+    /// Row ids of each batch in flight, to account for them if the pipeline stops first.
+    uploading: HashMap<u64, (u32, Vec<usize>)>,
+    unsettled: BTreeSet<u64>,
+    next_batch: u64,
+    taken: u64,
+    /// A row popped while its stream had a closed batch waiting; placed before any other.
+    stash: Option<Queued>,
+    flushes: Vec<PendingFlush>,
+    reported_drops: u64,
+    last_diagnostic: Option<Instant>,
+    diagnostics: usize,
+}
+
+impl Worker {
+    pub(crate) fn new(queue: Arc<Queue>, client: LogsIngestionClient, config: WorkerConfig, main: Target) -> Self {
+        let mut worker = Worker {
+            queue,
+            client,
+            config,
+            streams: Vec::new(),
+            ready: VecDeque::new(),
+            in_flight: FuturesUnordered::new(),
+            uploading: HashMap::new(),
+            unsettled: BTreeSet::new(),
+            next_batch: 0,
+            taken: 0,
+            stash: None,
+            flushes: Vec::new(),
+            reported_drops: 0,
+            last_diagnostic: None,
+            diagnostics: 0,
+        };
+        worker.register(0, main);
+        worker
+    }
+
+    /// Starts the worker thread.
+    pub(crate) fn spawn(self, control: Receiver<Control>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new().name("tracing-azure-logs".into()).spawn(move || {
+            IN_WORKER.with(|w| w.set(true));
+            let _silent = tracing::subscriber::set_default(Silent);
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("tracing-azure-logs: cannot start the worker's runtime, rows will not be sent: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(self.run(control));
+        })
+    }
+
+    fn register(&mut self, id: u32, target: Target) {
+        let index = id as usize;
+        if self.streams.len() <= index {
+            self.streams.resize_with(index + 1, || None);
+        }
+        let url = self.client.stream_url(&target.rule_id, &target.stream);
+        self.streams[index] = Some(Stream {
+            target,
+            url,
+            builder: BatchBuilder::new(self.client.max_uncompressed()),
+            opened: None,
+        });
+    }
+
+    async fn run(mut self, control: Receiver<Control>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while let Ok(message) = control.try_recv() {
+                match message {
+                    Control::Flush { target, reply } => self.flushes.push(PendingFlush {
+                        target,
+                        mark: None,
+                        reply,
+                    }),
+                    Control::Register { id, target } => self.register(id, target),
+                    Control::Shutdown { reply } => {
+                        self.abandon();
+                        let _ = reply.send(());
+                        return;
+                    }
+                }
+            }
+            self.drain();
+            self.diagnose();
+            self.close_aged();
+            self.mark_flushes();
+            self.start_uploads();
+            self.finish_flushes();
+
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => self.settle(done),
+            }
+        }
+    }
+
+    /// Moves queued rows into their streams' builders while no stream is blocked on a full batch.
+    fn drain(&mut self) {
+        for _ in 0..DRAIN_PER_TICK {
+            let row = match self.stash.take() {
+                Some(row) => row,
+                None => match self.queue.pop() {
+                    Some(row) => {
+                        self.taken += 1;
+                        row
+                    }
+                    None => return,
+                },
+            };
+            if let Err(row) = self.place(row) {
+                self.stash = Some(row);
+                return;
+            }
+        }
+    }
+
+    /// Adds a row to its stream's batch; gives it back when that stream already has a closed batch
+    /// waiting and this row does not fit the open one.
+    fn place(&mut self, row: Queued) -> Result<(), Queued> {
+        let id = row.stream as usize;
+        let row_id = self.taken as usize;
+        let Some(stream) = self.streams.get_mut(id).and_then(Option::as_mut) else {
+            // A destination the worker has not heard of: its Register message comes first, so
+            // this cannot happen; count the row rather than lose it silently.
+            self.fail_rows(1, None, FailureReason::InvalidRow(format!("unknown destination {id}")));
+            self.queue.recycle(row.json);
+            return Ok(());
+        };
+        match stream.builder.push(&row.json, row_id) {
+            Push::Added => {
+                stream.opened.get_or_insert_with(Instant::now);
+            }
+            Push::Full => {
+                if self.ready.iter().any(|(_, s, _)| *s == row.stream) {
+                    return Err(row);
+                }
+                self.close(row.stream);
+                let stream = self.streams[id].as_mut().expect("registered");
+                let pushed = stream.builder.push(&row.json, row_id);
+                debug_assert_eq!(pushed, Push::Added);
+                stream.opened = Some(Instant::now());
+            }
+            Push::TooLarge => {
+                let reason = FailureReason::RowTooLarge {
+                    size: row.json.len() + 2,
+                    limit: self.client.max_uncompressed(),
+                    what: "uncompressed JSON",
+                };
+                let target = stream.target.clone();
+                let text = String::from_utf8_lossy(&row.json).into_owned();
+                self.report(&target, reason, vec![row_id], vec![text]);
+            }
+        }
+        self.queue.recycle(row.json);
+        Ok(())
+    }
+
+    /// Closes the open batch of `stream`, if it has rows, into the ready list.
+    fn close(&mut self, stream: u32) {
+        let Some(s) = self.streams.get_mut(stream as usize).and_then(Option::as_mut) else { return };
+        s.opened = None;
+        if let Some(batch) = s.builder.take() {
+            let id = self.next_batch;
+            self.next_batch += 1;
+            self.unsettled.insert(id);
+            self.ready.push_back((id, stream, batch));
+        }
+    }
+
+    fn close_aged(&mut self) {
+        let max_delay = self.config.max_delay;
+        let aged: Vec<u32> = (0..self.streams.len() as u32)
+            .filter(|&i| {
+                let s = self.streams[i as usize].as_ref();
+                s.and_then(|s| s.opened).is_some_and(|t| t.elapsed() >= max_delay)
+            })
+            .collect();
+        for stream in aged {
+            if !self.ready.iter().any(|(_, s, _)| *s == stream) {
+                self.close(stream);
+            }
+        }
+    }
+
+    /// A flush whose rows have all been taken closes every open batch and records the mark.
+    fn mark_flushes(&mut self) {
+        if self.stash.is_some() || !self.flushes.iter().any(|f| f.mark.is_none() && self.taken >= f.target) {
+            return;
+        }
+        for stream in 0..self.streams.len() as u32 {
+            self.close(stream);
+        }
+        let mark = self.next_batch;
+        for flush in &mut self.flushes {
+            if flush.mark.is_none() && self.taken >= flush.target {
+                flush.mark = Some(mark);
+            }
+        }
+    }
+
+    fn finish_flushes(&mut self) {
+        let oldest = self.unsettled.first().copied().unwrap_or(u64::MAX);
+        self.flushes.retain(|flush| match flush.mark {
+            Some(mark) if oldest >= mark => {
+                let _ = flush.reply.send(());
+                false
+            }
+            _ => true,
+        });
+    }
+
+    fn start_uploads(&mut self) {
+        while self.in_flight.len() < self.client.max_concurrency() {
+            let Some((id, stream, batch)) = self.ready.pop_front() else { return };
+            self.uploading.insert(id, (stream, batch.ids().to_vec()));
+            let client = self.client.clone();
+            let url = self.streams[stream as usize].as_ref().expect("registered").url.clone();
+            self.in_flight.push(Box::pin(async move {
+                let done = client.send_batch(&url, batch).await;
+                (id, stream, done)
+            }));
+        }
+    }
+
+    fn settle(&mut self, (id, stream, done): (u64, u32, Vec<(Batch, SendOutcome)>)) {
+        self.unsettled.remove(&id);
+        self.uploading.remove(&id);
+        let counters = &self.queue.counters;
+        let target = self.target(stream);
+        for (batch, outcome) in done {
+            let app_rows = batch.ids().iter().filter(|&&id| id < DIAGNOSTIC_ID).count() as u64;
+            let diagnostic_rows = batch.len() as u64 - app_rows;
+            match outcome.result {
+                None => {
+                    counters.sent.fetch_add(app_rows, Ordering::Relaxed);
+                    counters.diagnostic_rows.fetch_add(diagnostic_rows, Ordering::Relaxed);
+                }
+                Some(reason) => {
+                    let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+                    self.report_counted(&target, reason, batch.ids().to_vec(), rows, app_rows);
+                }
+            }
+        }
+    }
+
+    /// Counts `n` failed rows that have no batch (no text to hand back).
+    fn fail_rows(&self, n: u64, target: Option<&Target>, reason: FailureReason) {
+        self.queue.counters.failed.fetch_add(n, Ordering::Relaxed);
+        let failed = FailedBatch {
+            rule_id: target.map(|t| t.rule_id.clone()).unwrap_or_default(),
+            stream: target.map(|t| t.stream.clone()).unwrap_or_default(),
+            reason,
+            indices: Vec::new(),
+            rows: Vec::new(),
+        };
+        self.deliver(failed, n);
+    }
+
+    fn report(&self, target: &Target, reason: FailureReason, ids: Vec<usize>, rows: Vec<String>) {
+        let app_rows = ids.iter().filter(|&&id| id < DIAGNOSTIC_ID).count() as u64;
+        self.report_counted(target, reason, ids, rows, app_rows);
+    }
+
+    fn report_counted(&self, target: &Target, reason: FailureReason, ids: Vec<usize>, rows: Vec<String>, app_rows: u64) {
+        self.queue.counters.failed.fetch_add(app_rows, Ordering::Relaxed);
+        let failed = FailedBatch {
+            rule_id: target.rule_id.clone(),
+            stream: target.stream.clone(),
+            reason,
+            indices: ids,
+            rows,
+        };
+        self.deliver(failed, app_rows);
+    }
+
+    fn deliver(&self, failed: FailedBatch, rows: u64) {
+        match &self.config.on_error {
+            Some(on_error) => {
+                // A panicking callback must not take the worker down.
+                let on_error = on_error.clone();
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || on_error(failed)));
+            }
+            None if rows > 0 => eprintln!(
+                "tracing-azure-logs: {rows} row(s) for {} not delivered: {}",
+                failed.stream, failed.reason
+            ),
+            None => {}
+        }
+    }
+
+    /// While rows are being dropped, adds one row per interval to the main stream saying how many.
+    fn diagnose(&mut self) {
+        let dropped = self.queue.counters.dropped.load(Ordering::Relaxed);
+        if dropped == self.reported_drops {
+            return;
+        }
+        if self.last_diagnostic.is_some_and(|t| t.elapsed() < self.config.diagnostic_interval) {
+            return;
+        }
+        let new = dropped - self.reported_drops;
+        self.reported_drops = dropped;
+        self.last_diagnostic = Some(Instant::now());
+        let mut row = Vec::with_capacity(512);
+        crate::layer::encode_diagnostic(&self.config.shape, &mut row, new, dropped);
+        let id = DIAGNOSTIC_ID + self.diagnostics;
+        self.diagnostics += 1;
+        let Some(stream) = self.streams[0].as_mut() else { return };
+        match stream.builder.push(&row, id) {
+            Push::Added => {
+                stream.opened.get_or_insert_with(Instant::now);
+            }
+            Push::Full if !self.ready.iter().any(|(_, s, _)| *s == 0) => {
+                self.close(0);
+                let stream = self.streams[0].as_mut().expect("registered");
+                let _ = stream.builder.push(&row, id);
+                stream.opened = Some(Instant::now());
+            }
+            // No room now: the count carries over to the next report.
+            _ => self.reported_drops -= new,
+        }
+    }
+
+    /// At shutdown: everything not yet confirmed is reported failed, so that
+    /// `sent + failed + dropped` still equals what was emitted.
+    fn abandon(&mut self) {
+        let reason = |what: &str| FailureReason::Shutdown(what.to_owned());
+        // Dropping an upload cancels it; the service may or may not have stored its rows.
+        drop(std::mem::take(&mut self.in_flight));
+        for (_, (stream, ids)) in std::mem::take(&mut self.uploading) {
+            let target = self.target(stream);
+            self.report(&target, reason("the request was in flight; the service may have stored it"), ids, Vec::new());
+        }
+        for (_, stream, batch) in std::mem::take(&mut self.ready) {
+            let target = self.target(stream);
+            let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+            self.report(&target, reason("the batch was waiting to be sent"), batch.ids().to_vec(), rows);
+        }
+        for index in 0..self.streams.len() {
+            let Some(stream) = self.streams[index].as_mut() else { continue };
+            let Some(batch) = stream.builder.take() else { continue };
+            let target = stream.target.clone();
+            let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+            self.report(&target, reason("the batch was still open"), batch.ids().to_vec(), rows);
+        }
+        self.unsettled.clear();
+        let mut queued = u64::from(self.stash.take().is_some());
+        while let Some(row) = self.queue.pop() {
+            queued += 1;
+            self.queue.recycle(row.json);
+        }
+        if queued > 0 {
+            self.fail_rows(queued, None, reason("the rows were still queued"));
+        }
+    }
+
+    fn target(&self, stream: u32) -> Target {
+        self.streams[stream as usize].as_ref().expect("registered").target.clone()
+    }
+}
+
+/// A subscriber that records nothing, installed on the worker thread. Unlike
+/// `tracing::subscriber::NoSubscriber`, it answers `Interest::sometimes`, so that registering a
+/// callsite from this thread never caches "never" for the application's threads.
+struct Silent;
+
+impl tracing::Subscriber for Silent {
+    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}

@@ -1,0 +1,480 @@
+//! The row: which columns an event becomes, and the JSON encoders that write them without
+//! allocating.
+//!
+//! Default columns (each can be renamed or turned off, static columns can be added):
+//!
+//! | column | DCR type | from |
+//! |---|---|---|
+//! | `TimeGenerated` | datetime | event time, RFC 3339 UTC with microseconds |
+//! | `Level` | string | `ERROR`, `WARN`, `INFO`, `DEBUG`, `TRACE` |
+//! | `Target` | string | the event's target (module path by default) |
+//! | `Message` | string | the `message` field |
+//! | `Properties` | dynamic | every other event field, typed (numbers stay numbers) |
+//! | `Spans` | dynamic | the span scope, root to leaf: `[{"name": ..., "fields": {...}}]` |
+//! | `File`, `Line` | string, int | event location, when known |
+//! | `Thread` | string | thread name, or its id |
+//!
+//! String values over 64 KiB (65,536 bytes) are cut at a character boundary and end with
+//! `…[truncated]`, staying within 65,536 bytes (the service truncates longer values anyway).
+//! Non-finite floats become `null`; `Debug` and `Display` values become strings.
+
+use std::fmt::{self, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// The service's limit on one field value; longer strings are cut.
+pub const MAX_FIELD_BYTES: usize = 65_536;
+const TRUNCATED: &str = "…[truncated]";
+
+/// Names of the default columns; `None` turns a column off.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Columns {
+    /// Event time. Default `TimeGenerated`.
+    pub time_generated: Option<String>,
+    /// Level. Default `Level`.
+    pub level: Option<String>,
+    /// Target. Default `Target`.
+    pub target: Option<String>,
+    /// The `message` field. Default `Message`.
+    pub message: Option<String>,
+    /// The other event fields, as an object. Default `Properties`.
+    pub properties: Option<String>,
+    /// The span scope, root to leaf. Default `Spans`.
+    pub spans: Option<String>,
+    /// Source file. Default `File`.
+    pub file: Option<String>,
+    /// Source line. Default `Line`.
+    pub line: Option<String>,
+    /// Thread name or id. Default `Thread`.
+    pub thread: Option<String>,
+    /// Columns with the same value in every row (for example `Computer`), in order.
+    pub statics: Vec<(String, Value)>,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        let name = |n: &str| Some(n.to_owned());
+        Columns {
+            time_generated: name("TimeGenerated"),
+            level: name("Level"),
+            target: name("Target"),
+            message: name("Message"),
+            properties: name("Properties"),
+            spans: name("Spans"),
+            file: name("File"),
+            line: name("Line"),
+            thread: name("Thread"),
+            statics: Vec::new(),
+        }
+    }
+}
+
+impl Columns {
+    /// The DCR stream declaration for rows of this shape: `{"columns":[{"name","type"}...]}`.
+    /// Paste it under `streamDeclarations` of your data collection rule; the table needs the same
+    /// columns (`TimeGenerated` is required on every table).
+    pub fn stream_declaration(&self) -> Value {
+        let mut columns = Vec::new();
+        let mut add = |name: &Option<String>, kind: &str| {
+            if let Some(name) = name {
+                columns.push(serde_json::json!({"name": name, "type": kind}));
+            }
+        };
+        add(&self.time_generated, "datetime");
+        add(&self.level, "string");
+        add(&self.target, "string");
+        add(&self.message, "string");
+        add(&self.properties, "dynamic");
+        add(&self.spans, "dynamic");
+        add(&self.file, "string");
+        add(&self.line, "int");
+        add(&self.thread, "string");
+        for (name, value) in &self.statics {
+            let kind = match value {
+                Value::Bool(_) => "boolean",
+                Value::Number(n) if n.is_f64() => "real",
+                Value::Number(_) => "long",
+                Value::String(_) => "string",
+                _ => "dynamic",
+            };
+            columns.push(serde_json::json!({"name": name, "type": kind}));
+        }
+        serde_json::json!({ "columns": columns })
+    }
+}
+
+/// [`Columns`] with every key pre-encoded as `"Name":`, ready for the hot path.
+#[derive(Debug)]
+pub(crate) struct RowShape {
+    pub(crate) time_generated: Option<Box<[u8]>>,
+    pub(crate) level: Option<Box<[u8]>>,
+    pub(crate) target: Option<Box<[u8]>>,
+    pub(crate) message: Option<Box<[u8]>>,
+    pub(crate) properties: Option<Box<[u8]>>,
+    pub(crate) spans: Option<Box<[u8]>>,
+    pub(crate) file: Option<Box<[u8]>>,
+    pub(crate) line: Option<Box<[u8]>>,
+    pub(crate) thread: Option<Box<[u8]>>,
+    /// `"A":1,"B":"x"` (no leading comma), or empty.
+    pub(crate) statics: Box<[u8]>,
+}
+
+impl RowShape {
+    pub(crate) fn new(columns: &Columns) -> Self {
+        let key = |name: &Option<String>| {
+            name.as_ref().map(|n| {
+                let mut out = Vec::with_capacity(n.len() + 3);
+                write_str(&mut out, n);
+                out.push(b':');
+                out.into_boxed_slice()
+            })
+        };
+        let mut statics = Vec::new();
+        for (name, value) in &columns.statics {
+            if !statics.is_empty() {
+                statics.push(b',');
+            }
+            write_str(&mut statics, name);
+            statics.push(b':');
+            serde_json::to_writer(&mut statics, value).expect("a Value always serializes");
+        }
+        RowShape {
+            time_generated: key(&columns.time_generated),
+            level: key(&columns.level),
+            target: key(&columns.target),
+            message: key(&columns.message),
+            properties: key(&columns.properties),
+            spans: key(&columns.spans),
+            file: key(&columns.file),
+            line: key(&columns.line),
+            thread: key(&columns.thread),
+            statics: statics.into_boxed_slice(),
+        }
+    }
+}
+
+/// Starts a member of an object that is being written: a comma unless it is the first, then the
+/// pre-encoded key. `out` must end inside an object opened with `{`.
+pub(crate) fn key(out: &mut Vec<u8>, encoded_key: &[u8]) {
+    if out.last() != Some(&b'{') {
+        out.push(b',');
+    }
+    out.extend_from_slice(encoded_key);
+}
+
+/// Writes `s` as a JSON string, cut to [`MAX_FIELD_BYTES`].
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let mut w = Escaper::new(out);
+    w.push(s);
+    w.finish();
+}
+
+/// Writes `value` formatted with `Display` or `Debug` as a JSON string, without a temporary
+/// `String`, cut to [`MAX_FIELD_BYTES`].
+pub(crate) fn write_fmt(out: &mut Vec<u8>, value: fmt::Arguments<'_>) {
+    out.push(b'"');
+    let mut w = Escaper::new(out);
+    // Our `write_str` never fails; a `Debug` impl that errors leaves what it wrote so far.
+    let _ = w.write_fmt(value);
+    w.finish();
+}
+
+/// Escapes text into a JSON string body, counting the unescaped bytes against the field limit.
+struct Escaper<'a> {
+    out: &'a mut Vec<u8>,
+    left: usize,
+    cut: bool,
+}
+
+impl<'a> Escaper<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        Escaper {
+            out,
+            left: MAX_FIELD_BYTES - TRUNCATED.len(),
+            cut: false,
+        }
+    }
+
+    fn push(&mut self, s: &str) {
+        if self.cut {
+            return;
+        }
+        let s = if s.len() > self.left {
+            self.cut = true;
+            let mut end = self.left;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            &s[..end]
+        } else {
+            s
+        };
+        self.left -= s.len();
+        escape_into(self.out, s);
+    }
+
+    fn finish(self) {
+        if self.cut {
+            self.out.extend_from_slice(TRUNCATED.as_bytes());
+        }
+        self.out.push(b'"');
+    }
+}
+
+impl fmt::Write for Escaper<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push(s);
+        Ok(())
+    }
+}
+
+fn escape_into(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// Writes an integer.
+pub(crate) fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Writes a float; NaN and infinities become `null`.
+pub(crate) fn write_f64(out: &mut Vec<u8>, value: f64) {
+    if value.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(value).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Writes `t` as a JSON string, RFC 3339 UTC with microseconds: `"2026-11-22T10:00:00.123456Z"`.
+pub(crate) fn write_time(out: &mut Vec<u8>, t: SystemTime) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let sod = secs % 86_400;
+    let mut buf = *b"\"0000-00-00T00:00:00.000000Z\"";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(1, 4, year.clamp(0, 9999) as u64);
+    put(6, 2, u64::from(month));
+    put(9, 2, u64::from(day));
+    put(12, 2, sod / 3600);
+    put(15, 2, sod / 60 % 60);
+    put(18, 2, sod % 60);
+    put(21, 6, u64::from(since.subsec_micros()));
+    out.extend_from_slice(&buf);
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Where a visited field's value goes: `None` skips the field.
+pub(crate) trait FieldSink {
+    fn slot(&mut self, field: &tracing::field::Field) -> Option<&mut Vec<u8>>;
+}
+
+/// Visits tracing fields and writes each value, typed, into the slot its sink gives.
+pub(crate) struct Fields<S>(pub(crate) S);
+
+/// Event fields as object members (`"name":value`) into `out` (skipped when `None`), except the
+/// `message` field, which goes to `message` as a JSON string; fields named `log.*` (added by the
+/// `log` → `tracing` bridge, which become columns) are skipped when `skip_log_fields` is set.
+pub(crate) struct EventFields<'a> {
+    pub(crate) out: Option<&'a mut Vec<u8>>,
+    pub(crate) message: &'a mut Vec<u8>,
+    pub(crate) skip_log_fields: bool,
+}
+
+impl FieldSink for EventFields<'_> {
+    fn slot(&mut self, field: &tracing::field::Field) -> Option<&mut Vec<u8>> {
+        let name = field.name();
+        if name == "message" {
+            self.message.clear();
+            return Some(self.message);
+        }
+        if self.skip_log_fields && name.starts_with("log.") {
+            return None;
+        }
+        let out = self.out.as_deref_mut()?;
+        key_str(out, name);
+        Some(out)
+    }
+}
+
+/// Starts a member whose key is not pre-encoded.
+pub(crate) fn key_str(out: &mut Vec<u8>, name: &str) {
+    if out.last() != Some(&b'{') {
+        out.push(b',');
+    }
+    write_str(out, name);
+    out.push(b':');
+}
+
+impl<S: FieldSink> tracing::field::Visit for Fields<S> {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        if let Some(out) = self.0.slot(field) {
+            write_f64(out, value);
+        }
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if let Some(out) = self.0.slot(field) {
+            write_int(out, value);
+        }
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if let Some(out) = self.0.slot(field) {
+            write_int(out, value);
+        }
+    }
+    fn record_i128(&mut self, field: &tracing::field::Field, value: i128) {
+        if let Some(out) = self.0.slot(field) {
+            write_int(out, value);
+        }
+    }
+    fn record_u128(&mut self, field: &tracing::field::Field, value: u128) {
+        if let Some(out) = self.0.slot(field) {
+            write_int(out, value);
+        }
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        if let Some(out) = self.0.slot(field) {
+            out.extend_from_slice(if value { b"true" } else { b"false" });
+        }
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if let Some(out) = self.0.slot(field) {
+            write_str(out, value);
+        }
+    }
+    fn record_error(&mut self, field: &tracing::field::Field, value: &(dyn std::error::Error + 'static)) {
+        if let Some(out) = self.0.slot(field) {
+            write_fmt(out, format_args!("{value}"));
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if let Some(out) = self.0.slot(field) {
+            write_fmt(out, format_args!("{value:?}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn as_json(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
+    }
+
+    #[test]
+    fn time_matches_a_reference_formatter() {
+        for secs in [0u64, 951_782_400, 1_709_164_800, 1_795_000_000, 4_102_444_799, 253_402_300_799] {
+            for micros in [0u32, 1, 999_999] {
+                let t = UNIX_EPOCH + Duration::new(secs, micros * 1000);
+                let mut out = Vec::new();
+                write_time(&mut out, t);
+                let ours = as_json(&out);
+                let odt = azure_core::time::OffsetDateTime::from(t);
+                let reference = format!(
+                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+                    odt.year(),
+                    odt.month() as u8,
+                    odt.day(),
+                    odt.hour(),
+                    odt.minute(),
+                    odt.second(),
+                    odt.microsecond()
+                );
+                assert_eq!(ours, Value::String(reference));
+            }
+        }
+    }
+
+    #[test]
+    fn strings_escape_and_truncate_at_a_char_boundary() {
+        let mut out = Vec::new();
+        write_str(&mut out, "a\"b\\c\nd\u{1}é😀");
+        assert_eq!(as_json(&out), Value::String("a\"b\\c\nd\u{1}é😀".into()));
+
+        let long = "é".repeat(MAX_FIELD_BYTES);
+        let mut out = Vec::new();
+        write_str(&mut out, &long);
+        let s = as_json(&out).as_str().unwrap().to_owned();
+        assert!(s.len() <= MAX_FIELD_BYTES, "{}", s.len());
+        assert!(s.len() > MAX_FIELD_BYTES - 20);
+        assert!(s.ends_with(TRUNCATED));
+        assert!(s.trim_end_matches(TRUNCATED).chars().all(|c| c == 'é'));
+
+        let mut out = Vec::new();
+        write_fmt(&mut out, format_args!("{:?}", "x".repeat(MAX_FIELD_BYTES * 2)));
+        assert!(as_json(&out).as_str().unwrap().len() <= MAX_FIELD_BYTES);
+    }
+
+    #[test]
+    fn floats() {
+        let mut out = Vec::new();
+        out.push(b'[');
+        write_f64(&mut out, 12.5);
+        out.push(b',');
+        write_f64(&mut out, f64::NAN);
+        out.push(b',');
+        write_f64(&mut out, f64::NEG_INFINITY);
+        out.push(b']');
+        assert_eq!(as_json(&out), serde_json::json!([12.5, null, null]));
+    }
+
+    #[test]
+    fn stream_declaration_lists_columns_and_statics() {
+        let mut columns = Columns::default();
+        columns.thread = None;
+        columns.statics.push(("Computer".into(), Value::String("web-1".into())));
+        let decl = columns.stream_declaration();
+        let names: Vec<&str> = decl["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["TimeGenerated", "Level", "Target", "Message", "Properties", "Spans", "File", "Line", "Computer"]
+        );
+        assert_eq!(decl["columns"][0]["type"], "datetime");
+    }
+}
