@@ -264,6 +264,13 @@ impl Emulator {
             .wait_until(timeout, |st| st.stats.requests >= n as u64)
     }
 
+    /// Blocks until `done(&stats)` holds or `timeout` passes; returns whether it holds. Woken
+    /// when a request arrives and when one finishes, e.g. `|s| s.in_flight >= 1` waits for a
+    /// request to be in progress. Same pitfall as [`Emulator::wait_for_rows`].
+    pub fn wait_for_stats(&self, timeout: Duration, done: impl Fn(&EmulatorStats) -> bool) -> bool {
+        self.shared.wait_until(timeout, |st| done(&st.stats))
+    }
+
     /// Stops the server: stops accepting, cuts injected latency short (those requests are
     /// dropped), closes connections gracefully for up to 0.5 s, then joins the server thread.
     /// Bounded (a few seconds at worst), never panics, safe inside a tokio runtime. After it

@@ -248,7 +248,6 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         self.finish(None, None, None);
-        self.shared.leave();
     }
 }
 
@@ -388,7 +387,7 @@ async fn handle(
 ) -> Result<Response<Body>, Dropped> {
     let started = Instant::now();
     let received_at = SystemTime::now();
-    shared.enter();
+    let (fault, token) = shared.enter();
     let (parts, mut body) = req.into_parts();
     let headers = &parts.headers;
     let content_length = headers
@@ -398,10 +397,6 @@ async fn handle(
     let path = parts.uri.path().to_owned();
     let route = route(&path);
     let api_version = api_version(parts.uri.query());
-    let (fault, token) = {
-        let mut st = shared.lock();
-        (st.faults.next(), st.token.clone())
-    };
     let mut rec = Recorder {
         shared: shared.clone(),
         record: Some(RequestRecord {

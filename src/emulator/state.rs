@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -87,7 +87,7 @@ pub struct EmulatorStats {
     pub faults_injected: u64,
     /// Requests that ended without a response.
     pub dropped_connections: u64,
-    /// Requests being handled right now.
+    /// Requests being handled right now (arrived, not yet answered or dropped).
     pub in_flight: u64,
     /// Highest `in_flight` seen.
     pub max_in_flight: u64,
@@ -151,8 +151,6 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     pub(crate) token_requests: AtomicU64,
-    in_flight: AtomicU64,
-    max_in_flight: AtomicU64,
     /// Open `<dir>/<stream>.jsonl` files.
     pub(crate) persist_files: Mutex<HashMap<String, File>>,
 }
@@ -164,8 +162,6 @@ impl Shared {
             state: Mutex::new(state),
             changed: Condvar::new(),
             token_requests: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            max_in_flight: AtomicU64::new(0),
             persist_files: Mutex::new(HashMap::new()),
         }
     }
@@ -175,19 +171,22 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn enter(&self) {
-        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
-    }
-
-    pub(crate) fn leave(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    /// A request arrived: counts it in flight and returns its fault and the accepted token.
+    pub(crate) fn enter(&self) -> (Option<Fault>, Option<String>) {
+        let mut st = self.lock();
+        st.stats.in_flight += 1;
+        st.stats.max_in_flight = st.stats.max_in_flight.max(st.stats.in_flight);
+        let out = (st.faults.next(), st.token.clone());
+        drop(st);
+        self.changed.notify_all();
+        out
     }
 
     /// Appends a finished request and stores its rows (if any), then wakes waiters.
     pub(crate) fn finish(&self, record: RequestRecord, stored: Option<Stored<'_>>) {
         let mut st = self.lock();
         let s = &mut st.stats;
+        s.in_flight = s.in_flight.saturating_sub(1);
         s.requests += 1;
         s.wire_bytes += record.wire_bytes;
         s.uncompressed_bytes += record.uncompressed_bytes.unwrap_or(0);
@@ -228,10 +227,7 @@ impl Shared {
     }
 
     pub(crate) fn stats(&self) -> EmulatorStats {
-        let mut s = self.lock().stats.clone();
-        s.in_flight = self.in_flight.load(Ordering::Relaxed);
-        s.max_in_flight = self.max_in_flight.load(Ordering::Relaxed);
-        s
+        self.lock().stats.clone()
     }
 
     /// Waits until `done(state)` holds or the timeout passes; returns whether it holds.
