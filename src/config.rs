@@ -135,11 +135,15 @@ impl AzureLogsBuilder {
     pub fn from_env() -> Result<Self, ConfigError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let (endpoint, rule_id, stream) = (var(ENV_ENDPOINT), var(ENV_RULE_ID), var(ENV_STREAM));
-        let missing: Vec<&'static str> = [(ENV_ENDPOINT, &endpoint), (ENV_RULE_ID, &rule_id), (ENV_STREAM, &stream)]
-            .into_iter()
-            .filter(|(_, v)| v.is_none())
-            .map(|(n, _)| n)
-            .collect();
+        let missing: Vec<&'static str> = [
+            (ENV_ENDPOINT, &endpoint),
+            (ENV_RULE_ID, &rule_id),
+            (ENV_STREAM, &stream),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(n, _)| n)
+        .collect();
         if !missing.is_empty() {
             return Err(ConfigError::MissingEnvironment(missing));
         }
@@ -383,7 +387,10 @@ impl AzureLogsBuilder {
                 rule_id: rule.unwrap_or_else(|| rule_id.clone()),
                 stream,
             };
-            let id = match streams.iter().position(|t| t.rule_id == target.rule_id && t.stream == target.stream) {
+            let id = match streams
+                .iter()
+                .position(|t| t.rule_id == target.rule_id && t.stream == target.stream)
+            {
                 Some(i) => i,
                 None => {
                     streams.push(target.clone());
@@ -428,7 +435,9 @@ impl AzureLogsBuilder {
 
 /// The host name: `HOSTNAME`/`COMPUTERNAME`, else the kernel's, else empty.
 fn host_name() -> String {
-    let from_env = std::env::var("HOSTNAME").or_else(|_| std::env::var("COMPUTERNAME")).ok();
+    let from_env = std::env::var("HOSTNAME")
+        .or_else(|_| std::env::var("COMPUTERNAME"))
+        .ok();
     from_env
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())

@@ -125,7 +125,10 @@ where
         }
         let queue = &*self.queue;
         if queue.is_closed() {
-            queue.counters.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            queue
+                .counters
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         let normalized = event.normalized_metadata();
@@ -275,7 +278,9 @@ pub(crate) fn encode_diagnostic(shape: &RowShape, row: &mut Vec<u8>, dropped: u6
         key(row, k);
         crate::row::write_fmt(
             row,
-            format_args!("tracing-azure-logs dropped {dropped} row(s) since its last report ({total} in all): the queue was full"),
+            format_args!(
+                "tracing-azure-logs dropped {dropped} row(s) since its last report ({total} in all): the queue was full"
+            ),
         );
     }
     if let Some(k) = &shape.spans {

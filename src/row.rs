@@ -409,7 +409,14 @@ mod tests {
 
     #[test]
     fn time_matches_a_reference_formatter() {
-        for secs in [0u64, 951_782_400, 1_709_164_800, 1_795_000_000, 4_102_444_799, 253_402_300_799] {
+        for secs in [
+            0u64,
+            951_782_400,
+            1_709_164_800,
+            1_795_000_000,
+            4_102_444_799,
+            253_402_300_799,
+        ] {
             for micros in [0u32, 1, 999_999] {
                 let t = UNIX_EPOCH + Duration::new(secs, micros * 1000);
                 let mut out = Vec::new();
@@ -470,10 +477,25 @@ mod tests {
         columns.thread = None;
         columns.statics.push(("Computer".into(), Value::String("web-1".into())));
         let decl = columns.stream_declaration();
-        let names: Vec<&str> = decl["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = decl["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
         assert_eq!(
             names,
-            ["TimeGenerated", "Level", "Target", "Message", "Properties", "Spans", "File", "Line", "Computer"]
+            [
+                "TimeGenerated",
+                "Level",
+                "Target",
+                "Message",
+                "Properties",
+                "Spans",
+                "File",
+                "Line",
+                "Computer"
+            ]
         );
         assert_eq!(decl["columns"][0]["type"], "datetime");
     }

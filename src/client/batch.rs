@@ -106,20 +106,6 @@ impl BatchBuilder {
         Push::Added
     }
 
-    /// Rows in the open batch.
-    pub(crate) fn len(&self) -> usize {
-        self.open.len()
-    }
-
-    /// Bytes the open batch would have once closed.
-    pub(crate) fn uncompressed_len(&self) -> usize {
-        if self.open.spans.is_empty() {
-            0
-        } else {
-            self.open.json.len() + 1
-        }
-    }
-
     /// Closes and returns the open batch, if it has rows.
     pub(crate) fn take(&mut self) -> Option<Batch> {
         if self.open.spans.is_empty() {

@@ -126,18 +126,20 @@ impl Worker {
 
     /// Starts the worker thread.
     pub(crate) fn spawn(self, control: Receiver<Control>) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new().name("tracing-azure-logs".into()).spawn(move || {
-            IN_WORKER.with(|w| w.set(true));
-            let _silent = tracing::subscriber::set_default(Silent);
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    eprintln!("tracing-azure-logs: cannot start the worker's runtime, rows will not be sent: {e}");
-                    return;
-                }
-            };
-            runtime.block_on(self.run(control));
-        })
+        std::thread::Builder::new()
+            .name("tracing-azure-logs".into())
+            .spawn(move || {
+                IN_WORKER.with(|w| w.set(true));
+                let _silent = tracing::subscriber::set_default(Silent);
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        eprintln!("tracing-azure-logs: cannot start the worker's runtime, rows will not be sent: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(self.run(control));
+            })
     }
 
     fn register(&mut self, id: u32, target: Target) {
@@ -250,7 +252,9 @@ impl Worker {
 
     /// Closes the open batch of `stream`, if it has rows, into the ready list.
     fn close(&mut self, stream: u32) {
-        let Some(s) = self.streams.get_mut(stream as usize).and_then(Option::as_mut) else { return };
+        let Some(s) = self.streams.get_mut(stream as usize).and_then(Option::as_mut) else {
+            return;
+        };
         s.opened = None;
         if let Some(batch) = s.builder.take() {
             let id = self.next_batch;
@@ -304,7 +308,9 @@ impl Worker {
 
     fn start_uploads(&mut self) {
         while self.in_flight.len() < self.client.max_concurrency() {
-            let Some((id, stream, batch)) = self.ready.pop_front() else { return };
+            let Some((id, stream, batch)) = self.ready.pop_front() else {
+                return;
+            };
             self.uploading.insert(id, (stream, batch.ids().to_vec()));
             let client = self.client.clone();
             let url = self.streams[stream as usize].as_ref().expect("registered").url.clone();
@@ -354,7 +360,14 @@ impl Worker {
         self.report_counted(target, reason, ids, rows, app_rows);
     }
 
-    fn report_counted(&self, target: &Target, reason: FailureReason, ids: Vec<usize>, rows: Vec<String>, app_rows: u64) {
+    fn report_counted(
+        &self,
+        target: &Target,
+        reason: FailureReason,
+        ids: Vec<usize>,
+        rows: Vec<String>,
+        app_rows: u64,
+    ) {
         self.queue.counters.failed.fetch_add(app_rows, Ordering::Relaxed);
         let failed = FailedBatch {
             rule_id: target.rule_id.clone(),
@@ -387,7 +400,10 @@ impl Worker {
         if dropped == self.reported_drops {
             return;
         }
-        if self.last_diagnostic.is_some_and(|t| t.elapsed() < self.config.diagnostic_interval) {
+        if self
+            .last_diagnostic
+            .is_some_and(|t| t.elapsed() < self.config.diagnostic_interval)
+        {
             return;
         }
         let new = dropped - self.reported_drops;
@@ -421,15 +437,27 @@ impl Worker {
         drop(std::mem::take(&mut self.in_flight));
         for (_, (stream, ids)) in std::mem::take(&mut self.uploading) {
             let target = self.target(stream);
-            self.report(&target, reason("the request was in flight; the service may have stored it"), ids, Vec::new());
+            self.report(
+                &target,
+                reason("the request was in flight; the service may have stored it"),
+                ids,
+                Vec::new(),
+            );
         }
         for (_, stream, batch) in std::mem::take(&mut self.ready) {
             let target = self.target(stream);
             let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
-            self.report(&target, reason("the batch was waiting to be sent"), batch.ids().to_vec(), rows);
+            self.report(
+                &target,
+                reason("the batch was waiting to be sent"),
+                batch.ids().to_vec(),
+                rows,
+            );
         }
         for index in 0..self.streams.len() {
-            let Some(stream) = self.streams[index].as_mut() else { continue };
+            let Some(stream) = self.streams[index].as_mut() else {
+                continue;
+            };
             let Some(batch) = stream.builder.take() else { continue };
             let target = stream.target.clone();
             let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
@@ -447,7 +475,11 @@ impl Worker {
     }
 
     fn target(&self, stream: u32) -> Target {
-        self.streams[stream as usize].as_ref().expect("registered").target.clone()
+        self.streams[stream as usize]
+            .as_ref()
+            .expect("registered")
+            .target
+            .clone()
     }
 }
 

@@ -1,0 +1,437 @@
+//! A local Logs Ingestion API server for tests, examples and offline development
+//! (feature `emulator`).
+//!
+//! [`Emulator::start`] binds `127.0.0.1` on a free port and serves the upload operation of the
+//! Azure Monitor Logs Ingestion API on its own thread (a current-thread tokio runtime, one core),
+//! so it works from sync code and from inside any tokio runtime. Point a client at
+//! [`Emulator::endpoint`] with the bearer token from [`Emulator::token`] (or use
+//! [`Emulator::credential`]), then inspect what arrived with [`Emulator::rows`],
+//! [`Emulator::requests`] and [`Emulator::stats`].
+//!
+//! # What it copies from the service
+//!
+//! - `POST /dataCollectionRules/{ruleId}/streams/{stream}?api-version=2023-01-01` (also
+//!   `2021-11-01-preview`); segments are percent-decoded. A missing or unknown `api-version` is a
+//!   400, another path a 404, another method a 405.
+//! - `Authorization: Bearer <token>` is required (401 when missing or wrong) unless auth is off
+//!   ([`EmulatorBuilder::no_auth`], [`Emulator::set_token`] with `None`). By default a random
+//!   token is generated.
+//! - A body longer than 1,048,576 bytes as sent (`Content-Length`, i.e. the gzipped size when
+//!   gzipped; bodies without `Content-Length` are counted as they arrive) gets the service's 413
+//!   verbatim: `{"error":{"code":"ContentLengthLimitExceeded","message":"Maximum allowed content
+//!   length: 1048576 bytes (1 MB). Provided content length: N bytes."}}`. The service accepts an
+//!   uncompressed payload over 1 MiB when its gzip fits; [`EmulatorBuilder::strict_size`] also caps
+//!   the uncompressed JSON (the documentation's stricter reading).
+//! - `Content-Encoding: gzip` is gunzipped (400 on bad gzip; other encodings 400). The decoded
+//!   size is capped at [`DEFAULT_MAX_DECOMPRESSED_BYTES`] (64 MiB, configurable; the real service
+//!   has a similar downstream cap around 50 MiB): above it, 413 `PayloadSizeLimitExceeded`.
+//! - The body must be UTF-8 JSON, an array of objects (400 otherwise); `[]` is accepted.
+//! - Top-level string values longer than 64 KiB (65,536 bytes of UTF-8) are truncated at a char
+//!   boundary, as the service does; nested strings inside `dynamic` values are kept as sent.
+//! - With declared streams ([`EmulatorBuilder::declare_stream`]): an unknown rule or stream is a
+//!   404, and rows are checked against the columns. Lenient mode (default, like the service,
+//!   which answers 204 and fixes rows up later) stores mismatched values as `null` and drops
+//!   undeclared columns; [`EmulatorBuilder::strict_schema`] answers 400 naming the row index and
+//!   column instead. Without declarations every rule and stream is accepted as sent.
+//! - Success is `204 No Content` with an empty body. Every error has the body
+//!   `{"error":{"code":..,"message":..}}` and the header `x-ms-error-code`.
+//!
+//! Checks run in this order: the body is read (bounded), an injected fault applies, then route,
+//! method, api-version, token, rule/stream, size, encoding, JSON shape, rows.
+//!
+//! Faults ([`Fault`], [`FaultRates`]) inject 429 (`Retry-After` or `retry-after-ms`), any status,
+//! latency or a dropped connection, scripted ([`Emulator::inject`]) or at seeded random rates.
+//!
+//! # Limits and pitfalls
+//!
+//! - The request log keeps the last [`DEFAULT_REQUEST_LOG_CAPACITY`] records (configurable);
+//!   counters cover every request.
+//! - Accepted rows are kept in memory (their JSON text) for the emulator's lifetime; switch this
+//!   off with [`EmulatorBuilder::retain_rows`] for long runs and benches (counts are still kept).
+//! - Rows from different rules with the same stream name are stored together, keyed by stream.
+//! - Not emulated: rate limits per DCR, transforms (`transformKql`), `TimeGenerated` rewriting,
+//!   token audience checks, TLS. Delivery into a table is not modelled beyond storing rows.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tracing_azure_logs::emulator::Emulator;
+//!
+//! let emulator = Emulator::start()?;
+//! let url = format!(
+//!     "{}/dataCollectionRules/dcr-test/streams/Custom-App_CL?api-version=2023-01-01",
+//!     emulator.endpoint()
+//! );
+//! let token = emulator.token().expect("a random token by default");
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//! let status = rt.block_on(async {
+//!     reqwest::Client::new()
+//!         .post(url)
+//!         .bearer_auth(token)
+//!         .header("content-type", "application/json")
+//!         .body(r#"[{"TimeGenerated":"2024-05-01T12:00:00Z","Message":"hello"}]"#)
+//!         .timeout(Duration::from_secs(10))
+//!         .send()
+//!         .await
+//!         .map(|r| r.status().as_u16())
+//! })?;
+//! assert_eq!(status, 204);
+//! assert_eq!(emulator.rows("Custom-App_CL")[0]["Message"], "hello");
+//! emulator.shutdown();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod credential;
+mod faults;
+mod schema;
+mod server;
+mod state;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub use faults::{Fault, FaultRates};
+pub use schema::{Column, ColumnType, MAX_FIELD_BYTES};
+pub use server::{API_VERSIONS, MAX_CONTENT_LENGTH};
+pub use state::{EmulatorStats, RequestRecord};
+
+use credential::EmulatorCredential;
+use faults::FaultPlan;
+use schema::Declarations;
+use state::{Config, Shared, State};
+
+/// Default cap on a decoded (gunzipped) body: 64 MiB.
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+/// Default number of records the request log keeps (the most recent ones): 100,000.
+pub const DEFAULT_REQUEST_LOG_CAPACITY: usize = 100_000;
+
+/// Why the emulator could not start.
+#[non_exhaustive]
+#[derive(thiserror::Error, Debug)]
+pub enum EmulatorError {
+    /// Binding the listening socket failed (port taken, no loopback interface, ...).
+    #[error("cannot bind the emulator's socket: {0}")]
+    Bind(#[source] std::io::Error),
+    /// The server thread could not be spawned.
+    #[error("cannot spawn the emulator thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The server's tokio runtime could not be built or could not adopt the socket.
+    #[error("cannot start the emulator's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The persist directory could not be created.
+    #[error("cannot create the persist directory {path}: {source}")]
+    PersistDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running emulator. Dropping it stops the server (like [`Emulator::shutdown`]).
+///
+/// All methods are cheap, thread-safe and never block on the network; the `wait_for_*` methods
+/// block the calling thread until a condition holds or the timeout passes.
+pub struct Emulator {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    credential: Arc<EmulatorCredential>,
+    server: server::ServerHandle,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// Starts an emulator with the defaults: 127.0.0.1 on a free port, a random bearer token,
+    /// no declared streams (everything accepted), lenient checks, rows retained, no faults.
+    pub fn start() -> Result<Emulator, EmulatorError> {
+        Emulator::builder().start()
+    }
+
+    /// A builder for a configured emulator.
+    pub fn builder() -> EmulatorBuilder {
+        EmulatorBuilder::default()
+    }
+
+    /// Base URL of the server, `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bearer token currently accepted; `None` when auth is off.
+    pub fn token(&self) -> Option<String> {
+        self.shared.lock().token.clone()
+    }
+
+    /// Replaces the accepted token (rotation); `None` turns auth off. Applies to requests
+    /// arriving afterwards.
+    pub fn set_token(&self, token: Option<String>) {
+        self.shared.lock().token = token;
+    }
+
+    /// A credential that returns the emulator's current token (read at each call, so it follows
+    /// [`Emulator::set_token`]), valid for one hour. Calls are counted by
+    /// [`Emulator::token_requests`]. With auth off it returns a placeholder token.
+    pub fn credential(&self) -> Arc<dyn azure_core::credentials::TokenCredential> {
+        self.credential.clone()
+    }
+
+    /// How many times the credential's `get_token` was called.
+    pub fn token_requests(&self) -> u64 {
+        self.shared.token_requests.load(Ordering::Relaxed)
+    }
+
+    /// Accepted rows of `stream`, in arrival order, as the emulator stored them (after
+    /// truncation and lenient schema fixes). Empty when rows are not retained. Parses every row:
+    /// costly for large streams.
+    pub fn rows(&self, stream: &str) -> Vec<serde_json::Value> {
+        self.shared.rows(stream)
+    }
+
+    /// Number of rows accepted for `stream` (counted even when rows are not retained).
+    pub fn row_count(&self, stream: &str) -> usize {
+        self.shared.lock().streams.get(stream).map_or(0, |s| s.count)
+    }
+
+    /// Streams that accepted at least one request (even `[]`), sorted.
+    pub fn streams(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.shared.lock().streams.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The request log: the most recent records (up to the log capacity), oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.lock().log.iter().cloned().collect()
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> EmulatorStats {
+        self.shared.stats()
+    }
+
+    /// Scripts a fault for the next `times` requests. Calls queue up in order (FIFO): the fault
+    /// of an earlier call is used up before a later one starts. Scripted faults go before the
+    /// random rates.
+    pub fn inject(&self, fault: Fault, times: usize) {
+        self.shared.lock().faults.push(fault, times);
+    }
+
+    /// Sets (or with `None` removes) the random fault rates; the generator restarts from the
+    /// seed.
+    pub fn set_fault_rates(&self, rates: Option<FaultRates>) {
+        self.shared.lock().faults.set_rates(rates);
+    }
+
+    /// Removes scripted faults not yet used and the random rates.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    /// Blocks until `stream` has at least `n` accepted rows or `timeout` passes; returns whether
+    /// the count was reached. Woken by each finished request (no polling). Pitfall: do not call
+    /// it on a current-thread runtime that must also drive the client sending those rows.
+    pub fn wait_for_rows(&self, stream: &str, n: usize, timeout: Duration) -> bool {
+        self.shared
+            .wait_until(timeout, |st| st.streams.get(stream).map_or(0, |s| s.count) >= n)
+    }
+
+    /// Blocks until at least `n` requests have finished (answered or dropped; see
+    /// [`EmulatorStats::requests`]) or `timeout` passes; returns whether they have.
+    pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
+        self.shared.wait_until(timeout, |st| st.stats.requests >= n as u64)
+    }
+
+    /// Blocks until `done(&stats)` holds or `timeout` passes; returns whether it holds. Woken
+    /// when a request arrives and when one finishes, e.g. `|s| s.in_flight >= 1` waits for a
+    /// request to be in progress. Same pitfall as [`Emulator::wait_for_rows`].
+    pub fn wait_for_stats(&self, timeout: Duration, done: impl Fn(&EmulatorStats) -> bool) -> bool {
+        self.shared.wait_until(timeout, |st| done(&st.stats))
+    }
+
+    /// Stops the server: stops accepting, cuts injected latency short (those requests are
+    /// dropped), closes connections gracefully for up to 0.5 s, then joins the server thread.
+    /// Bounded (a few seconds at worst), never panics, safe inside a tokio runtime. After it
+    /// returns, connecting to [`Emulator::addr`] fails.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.server.stop();
+    }
+}
+
+/// Configures and starts an [`Emulator`]; see [`Emulator::builder`].
+#[derive(Debug)]
+pub struct EmulatorBuilder {
+    token: Option<String>,
+    port: u16,
+    declarations: Declarations,
+    strict_schema: bool,
+    strict_size: bool,
+    max_decompressed_bytes: usize,
+    retain_rows: bool,
+    persist_dir: Option<PathBuf>,
+    fault_rates: Option<FaultRates>,
+    request_log_capacity: usize,
+}
+
+impl Default for EmulatorBuilder {
+    fn default() -> Self {
+        EmulatorBuilder {
+            token: Some(random_token()),
+            port: 0,
+            declarations: Declarations::default(),
+            strict_schema: false,
+            strict_size: false,
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            retain_rows: true,
+            persist_dir: None,
+            fault_rates: None,
+            request_log_capacity: DEFAULT_REQUEST_LOG_CAPACITY,
+        }
+    }
+}
+
+fn random_token() -> String {
+    let mut rng = fastrand::Rng::new();
+    let suffix: String = std::iter::repeat_with(|| rng.alphanumeric()).take(40).collect();
+    format!("emulator-{suffix}")
+}
+
+impl EmulatorBuilder {
+    /// Accept this bearer token (instead of a random one).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Turn auth off: any request is accepted with or without `Authorization`.
+    pub fn no_auth(mut self) -> Self {
+        self.token = None;
+        self
+    }
+
+    /// Listen on this port of 127.0.0.1 (default 0: a free port chosen by the OS).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Declares `stream` in rule `rule_id` with these columns. Once anything is declared, only
+    /// declared (rule, stream) pairs are accepted (others get 404) and rows are checked against
+    /// the columns. Declaring the same pair again replaces its columns.
+    pub fn declare_stream(
+        mut self,
+        rule_id: impl Into<String>,
+        stream: impl Into<String>,
+        columns: Vec<Column>,
+    ) -> Self {
+        self.declarations.declare(rule_id.into(), stream.into(), columns);
+        self
+    }
+
+    /// Strict schema: a row with a value not matching its column type, or with an undeclared
+    /// column, fails the whole request with 400 (`SchemaMismatch`, message naming the row index
+    /// and column). Default false (lenient, like the service: nulls and drops).
+    pub fn strict_schema(mut self, strict: bool) -> Self {
+        self.strict_schema = strict;
+        self
+    }
+
+    /// Strict size: also answer 413 when the uncompressed JSON exceeds 1,048,576 bytes.
+    /// Default false (the service accepts it when the gzipped body fits).
+    pub fn strict_size(mut self, strict: bool) -> Self {
+        self.strict_size = strict;
+        self
+    }
+
+    /// Cap on the decoded body size, in bytes (default [`DEFAULT_MAX_DECOMPRESSED_BYTES`]); a
+    /// larger decoded body gets 413 `PayloadSizeLimitExceeded`. Memory use per request is about
+    /// this much at most; requests are decoded one at a time.
+    pub fn max_decompressed_bytes(mut self, bytes: usize) -> Self {
+        self.max_decompressed_bytes = bytes;
+        self
+    }
+
+    /// Keep accepted rows for [`Emulator::rows`] (default true). With false, only counts are
+    /// kept: use it for benches and long runs.
+    pub fn retain_rows(mut self, retain: bool) -> Self {
+        self.retain_rows = retain;
+        self
+    }
+
+    /// Also append accepted rows as JSON lines to `<dir>/<stream>.jsonl` (created at start;
+    /// characters outside `[A-Za-z0-9_.-]` in the stream name become `_`). A write failure
+    /// answers 500 `PersistFailed`.
+    pub fn persist_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.persist_dir = Some(dir.into());
+        self
+    }
+
+    /// Random fault rates from the start (see [`Emulator::set_fault_rates`]).
+    pub fn fault_rates(mut self, rates: FaultRates) -> Self {
+        self.fault_rates = Some(rates);
+        self
+    }
+
+    /// How many records the request log keeps (default [`DEFAULT_REQUEST_LOG_CAPACITY`]; the
+    /// oldest are dropped first; 0 keeps none).
+    pub fn request_log_capacity(mut self, records: usize) -> Self {
+        self.request_log_capacity = records;
+        self
+    }
+
+    /// Binds 127.0.0.1 and starts the server thread.
+    pub fn start(self) -> Result<Emulator, EmulatorError> {
+        if let Some(dir) = &self.persist_dir {
+            std::fs::create_dir_all(dir).map_err(|source| EmulatorError::PersistDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let config = Config {
+            declarations: self.declarations,
+            strict_schema: self.strict_schema,
+            strict_size: self.strict_size,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            retain_rows: self.retain_rows,
+            persist_dir: self.persist_dir,
+            request_log_capacity: self.request_log_capacity,
+        };
+        let state = State {
+            token: self.token,
+            faults: FaultPlan::new(self.fault_rates),
+            streams: Default::default(),
+            log: Default::default(),
+            stats: EmulatorStats::default(),
+        };
+        let shared = Arc::new(Shared::new(config, state));
+        let (addr, server) = server::spawn(shared.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)))?;
+        Ok(Emulator {
+            credential: Arc::new(EmulatorCredential { shared: shared.clone() }),
+            shared,
+            addr,
+            server,
+        })
+    }
+}
