@@ -64,5 +64,5 @@ pub use config::{
     install, try_init,
 };
 pub use layer::AzureLogsLayer;
-pub use pipeline::{AzureLogsGuard, FlushReport, FullPolicy, Stats};
+pub use pipeline::{AzureLogsGuard, FlushReport, FullPolicy, Stats, StatsHandle};
 pub use row::Columns;

@@ -92,17 +92,15 @@ impl AzureLogsGuard {
 
     /// The counts so far.
     pub fn stats(&self) -> Stats {
-        let c = &self.shared.counters;
-        let client = self.client.counters();
-        Stats {
-            enqueued: c.enqueued.load(Ordering::Acquire),
-            dropped: c.dropped.load(Ordering::Relaxed),
-            sent: c.sent.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            retried: client.retries.load(Ordering::Relaxed),
-            uploads: client.requests.load(Ordering::Relaxed),
-            wire_bytes: client.wire_bytes.load(Ordering::Relaxed),
-            diagnostic_rows: c.diagnostic_rows.load(Ordering::Relaxed),
+        self.stats_handle().get()
+    }
+
+    /// A handle that reads the counts, also after the guard is gone (events emitted after
+    /// shutdown show up in `dropped`).
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle {
+            shared: self.shared.clone(),
+            client: self.client.clone(),
         }
     }
 
@@ -154,6 +152,37 @@ impl AzureLogsGuard {
         FlushReport {
             completed: flushed.completed,
             stats,
+        }
+    }
+}
+
+/// Reads a pipeline's counts; cheap to clone, usable after the guard is dropped.
+#[derive(Clone)]
+pub struct StatsHandle {
+    shared: Arc<Queue>,
+    client: LogsIngestionClient,
+}
+
+impl std::fmt::Debug for StatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StatsHandle").field(&self.get()).finish()
+    }
+}
+
+impl StatsHandle {
+    /// The counts now.
+    pub fn get(&self) -> Stats {
+        let c = &self.shared.counters;
+        let client = self.client.counters();
+        Stats {
+            enqueued: c.enqueued.load(Ordering::Acquire),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            sent: c.sent.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            retried: client.retries.load(Ordering::Relaxed),
+            uploads: client.requests.load(Ordering::Relaxed),
+            wire_bytes: client.wire_bytes.load(Ordering::Relaxed),
+            diagnostic_rows: c.diagnostic_rows.load(Ordering::Relaxed),
         }
     }
 }

@@ -5,5 +5,5 @@ pub(crate) mod guard;
 pub(crate) mod queue;
 pub(crate) mod worker;
 
-pub use guard::{AzureLogsGuard, FlushReport, Stats};
+pub use guard::{AzureLogsGuard, FlushReport, Stats, StatsHandle};
 pub use queue::FullPolicy;

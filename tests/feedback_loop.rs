@@ -1,0 +1,51 @@
+//! With everything at TRACE and the layer installed globally (plus the `log` bridge), the HTTP
+//! stack's own events during uploads never reach the emulator: only what the application emitted.
+//! One test per binary, since it installs global state.
+#![cfg(feature = "emulator")]
+
+use std::time::Duration;
+
+use tracing_azure_logs::AzureLogs;
+use tracing_azure_logs::emulator::Emulator;
+use tracing_subscriber::prelude::*;
+
+#[test]
+fn trace_level_http_stack_events_never_reach_the_emulator() {
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = AzureLogs::builder()
+        .endpoint(emu.endpoint())
+        .rule_id("dcr-loop")
+        .stream("Custom-Loop_CL")
+        .credential(emu.credential())
+        .max_delay(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("trace"))
+        .with(layer);
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    tracing_log::LogTracer::init().unwrap();
+
+    // Many small uploads, so the HTTP stack logs a lot while the application keeps emitting.
+    for i in 0..200 {
+        tracing::info!(target: "app", i, "application event");
+        if i % 20 == 0 {
+            log::info!(target: "app::legacy", "through the log crate {i}");
+            assert!(guard.flush_timeout(Duration::from_secs(20)).completed);
+        }
+    }
+    let report = guard.flush_timeout(Duration::from_secs(20));
+    assert!(report.completed);
+    assert!(report.stats.uploads >= 10, "{:?}", report.stats);
+
+    let rows = emu.rows("Custom-Loop_CL");
+    let targets: std::collections::BTreeSet<String> =
+        rows.iter().map(|r| r["Target"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(
+        targets.into_iter().collect::<Vec<_>>(),
+        ["app", "app::legacy"],
+        "only the application's targets arrive"
+    );
+    assert_eq!(rows.len(), 200 + 10, "exactly what the application emitted");
+    assert_eq!(report.stats.sent, 210);
+}

@@ -1,0 +1,434 @@
+//! The tracing layer and its pipeline against the emulator: what the emulator received decides.
+#![cfg(feature = "emulator")]
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tracing::Dispatch;
+use tracing_azure_logs::client::FailedBatch;
+use tracing_azure_logs::emulator::{Column as Col, ColumnType, Emulator, Fault};
+use tracing_azure_logs::{AzureLogs, AzureLogsBuilder, Column, FullPolicy, RetryPolicy};
+use tracing_subscriber::prelude::*;
+
+const RULE: &str = "dcr-pipeline";
+const STREAM: &str = "Custom-AppLogs_CL";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `condition` until it holds or [`WAIT`] passes.
+fn wait_until(condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    condition()
+}
+
+fn pipeline(emu: &Emulator) -> AzureLogsBuilder {
+    AzureLogs::builder()
+        .endpoint(emu.endpoint())
+        .rule_id(RULE)
+        .stream(STREAM)
+        .credential(emu.credential())
+        .max_delay(Duration::from_millis(50))
+        .retry_policy(
+            RetryPolicy::default()
+                .with_base_delay(Duration::from_millis(20))
+                .with_max_delay(Duration::from_millis(100))
+                .with_deadline(Duration::from_secs(20)),
+        )
+}
+
+fn dispatch(layer: tracing_azure_logs::AzureLogsLayer) -> Dispatch {
+    Dispatch::new(tracing_subscriber::registry().with(layer))
+}
+
+/// The emulator stream the default row shape matches, with strict type checks.
+fn declared(strict: bool) -> Emulator {
+    let columns = vec![
+        Col::new("TimeGenerated", ColumnType::DateTime),
+        Col::new("Level", ColumnType::String),
+        Col::new("Target", ColumnType::String),
+        Col::new("Message", ColumnType::String),
+        Col::new("Properties", ColumnType::Dynamic),
+        Col::new("Spans", ColumnType::Dynamic),
+        Col::new("File", ColumnType::String),
+        Col::new("Line", ColumnType::Int),
+        Col::new("Thread", ColumnType::String),
+        Col::new("Computer", ColumnType::String),
+        Col::new("Service", ColumnType::String),
+    ];
+    Emulator::builder()
+        .declare_stream(RULE, STREAM, columns)
+        .strict_schema(strict)
+        .start()
+        .unwrap()
+}
+
+#[test]
+fn rows_have_every_default_column_with_json_types() {
+    let emu = declared(true);
+    let (layer, guard) = pipeline(&emu).static_column("Service", "checkout").build().unwrap();
+    tracing::dispatcher::with_default(&dispatch(layer), || {
+        let span = tracing::info_span!(
+            "request",
+            method = "GET",
+            request_id = 7u64,
+            user = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        span.record("user", "ada");
+        let inner = tracing::info_span!("db", table = "items");
+        let _inner = inner.enter();
+        tracing::info!(
+            target: "app::http",
+            status = 200u16,
+            path = "/api/v1/items/123",
+            latency_ms = 12.5f64,
+            user_id = 42u64,
+            negative = -3i64,
+            ok = true,
+            nan = f64::NAN,
+            quoted = "say \"hi\"\n",
+            debug = ?vec![1, 2],
+            "request handled"
+        );
+    });
+    let report = guard.flush_timeout(WAIT);
+    assert!(report.completed);
+    assert_eq!(
+        (report.stats.sent, report.stats.dropped, report.stats.failed),
+        (1, 0, 0)
+    );
+
+    let rows = emu.rows(STREAM);
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    let time = row["TimeGenerated"].as_str().unwrap();
+    assert_eq!(time.len(), "2026-11-22T10:00:00.123456Z".len(), "{time}");
+    assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+    assert_eq!(row["Level"], "INFO");
+    assert_eq!(row["Target"], "app::http");
+    assert_eq!(row["Message"], "request handled");
+    assert_eq!(
+        row["Properties"],
+        json!({
+            "status": 200, "path": "/api/v1/items/123", "latency_ms": 12.5, "user_id": 42, "negative": -3,
+            "ok": true, "nan": null, "quoted": "say \"hi\"\n", "debug": "[1, 2]"
+        })
+    );
+    assert_eq!(
+        row["Spans"],
+        json!([
+            {"name": "request", "fields": {"method": "GET", "request_id": 7, "user": "ada"}},
+            {"name": "db", "fields": {"table": "items"}}
+        ])
+    );
+    assert!(row["File"].as_str().unwrap().ends_with("pipeline.rs"));
+    assert!(row["Line"].as_u64().unwrap() > 0);
+    assert!(!row["Thread"].as_str().unwrap().is_empty());
+    assert_eq!(row["Service"], "checkout");
+    assert!(row["Computer"].is_string());
+    assert!(
+        emu.requests().iter().all(|r| r.status == Some(204)),
+        "strict schema accepted every row"
+    );
+}
+
+#[test]
+fn renamed_dropped_and_static_columns() {
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu)
+        .rename_column(Column::Level, "Severity")
+        .rename_column(Column::Message, "Text")
+        .drop_column(Column::Spans)
+        .drop_column(Column::File)
+        .drop_column(Column::Line)
+        .drop_column(Column::Thread)
+        .drop_static_column("Computer")
+        .static_column("Env", "test")
+        .static_column("Shard", 3)
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch(layer), || {
+        let _s = tracing::info_span!("ignored", x = 1).entered();
+        tracing::warn!(code = 5, "careful");
+    });
+    assert!(guard.flush_timeout(WAIT).completed);
+    let row = emu.rows(STREAM).pop().unwrap();
+    let mut keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "Env",
+            "Properties",
+            "Severity",
+            "Shard",
+            "Target",
+            "Text",
+            "TimeGenerated"
+        ]
+    );
+    assert_eq!(row["Severity"], "WARN");
+    assert_eq!(row["Text"], "careful");
+    assert_eq!(row["Shard"], 3);
+    assert_eq!(row["Properties"], json!({"code": 5}));
+}
+
+#[test]
+fn long_values_are_truncated_at_a_char_boundary() {
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu).build().unwrap();
+    let long = "ü".repeat(50_000); // 100,000 bytes
+    tracing::dispatcher::with_default(&dispatch(layer), || {
+        tracing::info!(blob = long.as_str(), "{}", long);
+    });
+    assert!(guard.flush_timeout(WAIT).completed);
+    let row = emu.rows(STREAM).pop().unwrap();
+    for value in [&row["Properties"]["blob"], &row["Message"]] {
+        let s = value.as_str().unwrap();
+        assert!(s.len() <= 65_536 && s.len() > 65_500, "{}", s.len());
+        assert!(s.ends_with("…[truncated]"));
+    }
+}
+
+#[test]
+fn four_threads_200k_events_arrive_exactly_once() {
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu)
+        .full_policy(FullPolicy::Block(Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    let dispatch = dispatch(layer);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let dispatch = dispatch.clone();
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    for i in 0..50_000u64 {
+                        tracing::info!(t, i, "event");
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let report = guard.flush_timeout(Duration::from_secs(60));
+    assert!(report.completed);
+    let stats = report.stats;
+    assert_eq!(
+        (stats.enqueued, stats.sent, stats.dropped, stats.failed),
+        (200_000, 200_000, 0, 0)
+    );
+    let rows = emu.rows(STREAM);
+    assert_eq!(rows.len(), 200_000);
+    let unique: HashSet<(u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["Properties"]["t"].as_u64().unwrap(),
+                r["Properties"]["i"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(unique.len(), 200_000, "no duplicates, none missing");
+    assert!(
+        emu.requests()
+            .iter()
+            .all(|r| r.wire_bytes <= 1_048_576 && r.status == Some(204))
+    );
+}
+
+#[test]
+fn tiny_queue_and_slow_service_account_for_every_row() {
+    let emu = Emulator::start().unwrap();
+    emu.inject(Fault::Latency(Duration::from_millis(100)), 1_000);
+    let failures: Arc<Mutex<Vec<FailedBatch>>> = Arc::default();
+    let sink = failures.clone();
+    let (layer, guard) = pipeline(&emu)
+        .queue_capacity(16)
+        .max_concurrency(1)
+        .max_uncompressed_batch(2_000)
+        .diagnostic_interval(Duration::from_millis(50))
+        .on_error(move |f| sink.lock().unwrap().push(f))
+        .build()
+        .unwrap();
+    let emitted = 3_000u64;
+    tracing::dispatcher::with_default(&dispatch(layer), || {
+        for i in 0..emitted {
+            tracing::info!(i, "burst");
+        }
+    });
+    // Drops happened during the burst; the diagnostic row reports them once the worker sees it.
+    let report = guard.flush_timeout(WAIT);
+    assert!(report.completed);
+    let stats = guard.shutdown().stats;
+    assert!(stats.dropped > 0, "{stats:?}");
+    assert_eq!(stats.sent + stats.dropped + stats.failed, emitted, "{stats:?}");
+    let rows = emu.rows(STREAM);
+    let (diagnostics, app): (Vec<&Value>, Vec<&Value>) = rows.iter().partition(|r| r["Target"] == "tracing_azure_logs");
+    assert_eq!(app.len() as u64, stats.sent);
+    assert!(!diagnostics.is_empty(), "the diagnostic row arrived");
+    assert_eq!(diagnostics.len() as u64, stats.diagnostic_rows);
+    let reported: u64 = diagnostics
+        .iter()
+        .map(|r| r["Properties"]["dropped"].as_u64().unwrap())
+        .sum();
+    assert!(reported > 0 && reported <= stats.dropped);
+    assert_eq!(diagnostics[0]["Level"], "WARN");
+    let failed_rows: usize = failures.lock().unwrap().iter().map(FailedBatch::len).sum();
+    assert_eq!(failed_rows as u64, stats.failed);
+}
+
+#[test]
+fn flush_returns_once_rows_are_at_the_emulator_and_drop_delivers_the_rest() {
+    let emu = Emulator::start().unwrap();
+    // Batches never close on age here: only a flush sends them.
+    let (layer, guard) = pipeline(&emu).max_delay(Duration::from_secs(3600)).build().unwrap();
+    let dispatch = dispatch(layer);
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..10 {
+            tracing::info!(i, "before flush");
+        }
+    });
+    assert_eq!(emu.row_count(STREAM), 0);
+    let report = guard.flush();
+    assert!(report.completed);
+    assert_eq!(emu.row_count(STREAM), 10, "flush returned only after the rows arrived");
+    assert_eq!(report.stats.sent, 10);
+
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..5 {
+            tracing::info!(i, "before drop");
+        }
+    });
+    let stats = guard.stats_handle();
+    drop(guard);
+    assert_eq!(
+        emu.row_count(STREAM),
+        15,
+        "dropping the guard delivered the queued rows"
+    );
+
+    // After the guard is gone, events are counted as dropped, not shipped.
+    tracing::dispatcher::with_default(&dispatch, || tracing::info!("too late"));
+    let after = stats.get();
+    assert_eq!((after.sent, after.dropped), (15, 1));
+    assert_eq!(emu.row_count(STREAM), 15);
+}
+
+#[test]
+fn stalled_service_drop_returns_within_the_timeout_and_reports_the_loss() {
+    let emu = Emulator::start().unwrap();
+    emu.inject(Fault::Latency(Duration::from_secs(60)), 100);
+    let failures: Arc<Mutex<Vec<FailedBatch>>> = Arc::default();
+    let sink = failures.clone();
+    let (layer, guard) = pipeline(&emu)
+        .flush_timeout(Duration::from_millis(500))
+        .on_error(move |f| sink.lock().unwrap().push(f))
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch(layer), || {
+        for i in 0..10 {
+            tracing::info!(i, "stuck");
+        }
+    });
+    assert!(wait_until(|| emu.stats().in_flight >= 1), "an upload is in flight");
+    let started = Instant::now();
+    let report = guard.shutdown();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(!report.completed);
+    assert_eq!((report.stats.sent, report.stats.failed), (0, 10), "{:?}", report.stats);
+    let failed: usize = failures.lock().unwrap().iter().map(FailedBatch::len).sum();
+    assert_eq!(failed, 10);
+    assert!(
+        failures
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|f| f.reason().to_string().contains("not confirmed")),
+        "{:?}",
+        failures.lock().unwrap()
+    );
+}
+
+#[test]
+fn composes_with_env_filter_and_per_layer_filters() {
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu).build().unwrap();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("info,noisy=off"))
+        .with(layer.with_filter(tracing_subscriber::filter::LevelFilter::WARN));
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!("filtered by the layer's own filter");
+        tracing::warn!(target: "noisy", "filtered by EnvFilter");
+        tracing::warn!("kept");
+        tracing::error!("kept too");
+    });
+    assert!(guard.flush_timeout(WAIT).completed);
+    let messages: Vec<Value> = emu.rows(STREAM).iter().map(|r| r["Message"].clone()).collect();
+    assert_eq!(messages, vec![json!("kept"), json!("kept too")]);
+}
+
+fn emit_and_drop_guard_in_async_context(emu: &Emulator) {
+    let (layer, guard) = pipeline(emu).build().unwrap();
+    tracing::dispatcher::with_default(&dispatch(layer), || {
+        for i in 0..20 {
+            tracing::info!(i, "from async");
+        }
+    });
+    drop(guard);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn guard_dropped_inside_a_current_thread_runtime() {
+    let emu = Emulator::start().unwrap();
+    emit_and_drop_guard_in_async_context(&emu);
+    assert_eq!(emu.row_count(STREAM), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_dropped_inside_a_multi_thread_runtime() {
+    let emu = Emulator::start().unwrap();
+    emit_and_drop_guard_in_async_context(&emu);
+    assert_eq!(emu.row_count(STREAM), 20);
+}
+
+#[test]
+fn target_routes_send_events_to_another_stream() {
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu)
+        .route_target("app::audit", "Custom-Audit_CL")
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch(layer), || {
+        tracing::info!(target: "app::audit::login", user = "ada", "signed in");
+        tracing::info!(target: "app::auditing", "not audit");
+        tracing::info!("plain");
+    });
+    assert!(guard.flush_timeout(WAIT).completed);
+    let audit = emu.rows("Custom-Audit_CL");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["Properties"]["user"], "ada");
+    assert_eq!(emu.row_count(STREAM), 2);
+}
+
+#[test]
+fn missing_settings_are_named() {
+    let err = AzureLogs::builder().rule_id("dcr-1").build().unwrap_err().to_string();
+    assert!(
+        err.contains("endpoint") && err.contains("stream") && !err.contains("rule_id"),
+        "{err}"
+    );
+}
