@@ -11,9 +11,10 @@ use crate::client::{
     credential_from_env_with, default_http_client,
 };
 use crate::layer::AzureLogsLayer;
-use crate::pipeline::worker::{Control, Target, Worker, WorkerConfig};
+use crate::pipeline::streams::{Streams, Target};
+use crate::pipeline::worker::{Worker, WorkerConfig};
 use crate::pipeline::{AzureLogsGuard, FullPolicy};
-use crate::route::Routes;
+use crate::route::{FieldRoute, Routes};
 use crate::row::{Columns, RowShape};
 
 /// Environment variable with the ingestion endpoint (a DCE, or the DCR's logs ingestion endpoint).
@@ -82,7 +83,8 @@ pub struct AzureLogsBuilder {
     max_uncompressed: usize,
     on_error: Option<OnError>,
     diagnostic_interval: Duration,
-    target_routes: Vec<(String, String, Option<String>)>,
+    target_routes: Vec<(String, String)>,
+    field_route: Option<(String, Vec<String>)>,
 }
 
 impl Default for AzureLogsBuilder {
@@ -110,6 +112,7 @@ impl Default for AzureLogsBuilder {
             on_error: None,
             diagnostic_interval: Duration::from_secs(10),
             target_routes: Vec::new(),
+            field_route: None,
         }
     }
 }
@@ -310,7 +313,21 @@ impl AzureLogsBuilder {
     /// Sends events whose target is `target_prefix` (or below it, as in `app::audit::login`) to
     /// `stream` of the same rule, instead of the main stream.
     pub fn route_target(mut self, target_prefix: impl Into<String>, stream: impl Into<String>) -> Self {
-        self.target_routes.push((target_prefix.into(), stream.into(), None));
+        self.target_routes.push((target_prefix.into(), stream.into()));
+        self
+    }
+
+    /// Sends events whose field `field` holds the name of one of `streams` (a string, as in
+    /// `info!(table = "Custom-Audit_CL", ...)`) to that stream of the same rule. Other values, and
+    /// events without the field, go where target routes or the main stream send them. The field
+    /// stays in `Properties`. Only declared streams are routed to, so a typo cannot create a
+    /// destination.
+    pub fn route_field(
+        mut self,
+        field: impl Into<String>,
+        streams: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.field_route = Some((field.into(), streams.into_iter().map(Into::into).collect()));
         self
     }
 
@@ -376,33 +393,31 @@ impl AzureLogsBuilder {
             self.full_policy,
         ));
         let (control, control_rx) = crossbeam_channel::unbounded();
-        let main = Target {
+        let registry = Arc::new(Streams::new(Target {
             rule_id: rule_id.clone(),
             stream: self.stream.unwrap_or_default(),
+        }));
+        let in_rule = |stream: String| Target {
+            rule_id: rule_id.clone(),
+            stream,
         };
         let mut routes = Routes::default();
-        let mut streams = vec![main.clone()];
-        for (prefix, stream, rule) in self.target_routes {
-            let target = Target {
-                rule_id: rule.unwrap_or_else(|| rule_id.clone()),
-                stream,
-            };
-            let id = match streams
-                .iter()
-                .position(|t| t.rule_id == target.rule_id && t.stream == target.stream)
-            {
-                Some(i) => i,
-                None => {
-                    streams.push(target.clone());
-                    let id = streams.len() - 1;
-                    let _ = control.send(Control::Register { id: id as u32, target });
-                    id
-                }
-            };
-            routes.targets.push((prefix, id as u32));
+        for (prefix, stream) in self.target_routes {
+            routes.targets.push((prefix, registry.id_for(&in_rule(stream))));
+        }
+        if let Some((name, streams)) = self.field_route {
+            let streams = streams
+                .into_iter()
+                .map(|s| {
+                    let id = registry.id_for(&in_rule(s.clone()));
+                    (s, id)
+                })
+                .collect();
+            routes.field = Some(FieldRoute { name, streams });
         }
         let worker = Worker::new(
             queue.clone(),
+            registry.clone(),
             client.clone(),
             WorkerConfig {
                 max_delay: self.max_delay,
@@ -410,7 +425,6 @@ impl AzureLogsBuilder {
                 on_error: self.on_error,
                 shape: shape.clone(),
             },
-            main,
         )
         .spawn(control_rx)
         .map_err(|e| ConfigError::InvalidOption {
@@ -424,6 +438,10 @@ impl AzureLogsBuilder {
         };
         let guard = AzureLogsGuard {
             shared: queue,
+            registry,
+            shape: layer.shape.clone(),
+            routes: layer.routes.clone(),
+            rule_id,
             client,
             control,
             worker: Some(worker),
@@ -455,6 +473,10 @@ pub enum InitError {
     /// Another global subscriber is already installed; the pipeline was stopped again.
     #[error("a global tracing subscriber is already set: {0}")]
     SubscriberAlreadySet(String),
+    /// Another `log` logger is already installed (for example `LogTracer`, which `init()`
+    /// installs); the bridge was not installed and its pipeline was stopped again.
+    #[error("a `log` logger is already set, so the log bridge was not installed: {0}")]
+    LoggerAlreadySet(String),
 }
 
 /// Installs, in one line, a global subscriber: the registry, an `EnvFilter` from `RUST_LOG`

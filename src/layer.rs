@@ -81,13 +81,10 @@ impl FieldSink for &mut SpanFields {
 }
 
 thread_local! {
-    /// Per-thread scratch for the message field, and the thread's encoded name.
-    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { message: Vec::new(), thread: Vec::new() }) };
-}
-
-struct Scratch {
-    message: Vec<u8>,
-    thread: Vec<u8>,
+    /// Per-thread scratch for the message field.
+    static MESSAGE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The thread's name (or id) as a JSON string, encoded on first use.
+    static THREAD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl<S> tracing_subscriber::Layer<S> for AzureLogsLayer
@@ -137,29 +134,24 @@ where
         let stream = self.routes.stream_for(meta.target(), event);
 
         let mut row = queue.buffer();
-        let encoded = SCRATCH.try_with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut scratch) => {
-                let Scratch { message, thread } = &mut *scratch;
-                self.encode_event(&mut row, message, thread, event, meta, from_log, &ctx);
-            }
+        let encoded = MESSAGE.try_with(|message| match message.try_borrow_mut() {
+            Ok(mut message) => self.encode_event(&mut row, &mut message, event, meta, from_log, &ctx),
             // Re-entered (an event emitted while formatting a field): use fresh scratch.
-            Err(_) => self.encode_event(&mut row, &mut Vec::new(), &mut Vec::new(), event, meta, from_log, &ctx),
+            Err(_) => self.encode_event(&mut row, &mut Vec::new(), event, meta, from_log, &ctx),
         });
         if encoded.is_err() {
             // The thread is exiting and its locals are gone.
-            self.encode_event(&mut row, &mut Vec::new(), &mut Vec::new(), event, meta, from_log, &ctx);
+            self.encode_event(&mut row, &mut Vec::new(), event, meta, from_log, &ctx);
         }
         queue.push(stream, row);
     }
 }
 
 impl AzureLogsLayer {
-    #[allow(clippy::too_many_arguments)]
     fn encode_event<S>(
         &self,
         row: &mut Vec<u8>,
         message: &mut Vec<u8>,
-        thread: &mut Vec<u8>,
         event: &Event<'_>,
         meta: &Metadata<'_>,
         from_log: bool,
@@ -218,23 +210,36 @@ impl AzureLogsLayer {
             key(row, k);
             write_int(row, line);
         }
-        if let Some(k) = &shape.thread {
-            key(row, k);
-            if thread.is_empty() {
-                let current = std::thread::current();
-                match current.name() {
-                    Some(name) => write_str(thread, name),
-                    None => crate::row::write_fmt(thread, format_args!("{:?}", current.id())),
-                }
-            }
-            row.extend_from_slice(thread);
-        }
+        write_thread(shape, row);
         row.push(b'}');
     }
 }
 
+/// The `Thread` column: the thread's name, or its id, encoded once per thread.
+pub(crate) fn write_thread(shape: &RowShape, row: &mut Vec<u8>) {
+    let Some(k) = &shape.thread else { return };
+    key(row, k);
+    let encode = |out: &mut Vec<u8>| {
+        let current = std::thread::current();
+        match current.name() {
+            Some(name) => write_str(out, name),
+            None => crate::row::write_fmt(out, format_args!("{:?}", current.id())),
+        }
+    };
+    let cached = THREAD.try_with(|thread| {
+        let mut thread = thread.borrow_mut();
+        if thread.is_empty() {
+            encode(&mut thread);
+        }
+        row.extend_from_slice(&thread);
+    });
+    if cached.is_err() {
+        encode(row);
+    }
+}
+
 /// `{` and the columns every row starts with: time, level, target, static columns.
-fn begin_row(shape: &RowShape, row: &mut Vec<u8>, level: &Level, target: &str) {
+pub(crate) fn begin_row(shape: &RowShape, row: &mut Vec<u8>, level: &Level, target: &str) {
     row.push(b'{');
     if let Some(k) = &shape.time_generated {
         key(row, k);

@@ -54,9 +54,11 @@ mod config;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 mod layer;
+pub mod log_bridge;
 mod pipeline;
 mod route;
 pub mod row;
+pub mod table;
 
 pub use client::{Audience, LogsIngestionClient, RetryPolicy, UploadError, UploadReport};
 pub use config::{
@@ -64,5 +66,6 @@ pub use config::{
     install, try_init,
 };
 pub use layer::AzureLogsLayer;
-pub use pipeline::{AzureLogsGuard, FlushReport, FullPolicy, Stats, StatsHandle};
+pub use pipeline::{AzureLogsGuard, FlushReport, FullPolicy, Stats, StatsHandle, StreamStats};
 pub use row::Columns;
+pub use table::{SendError, Table};

@@ -273,6 +273,11 @@ pub(crate) fn write_f64(out: &mut Vec<u8>, value: f64) {
 
 /// Writes `t` as a JSON string, RFC 3339 UTC with microseconds: `"2026-11-22T10:00:00.123456Z"`.
 pub(crate) fn write_time(out: &mut Vec<u8>, t: SystemTime) {
+    out.extend_from_slice(&time_json(t));
+}
+
+/// `t` as a JSON string, RFC 3339 UTC with microseconds, quotes included.
+pub(crate) fn time_json(t: SystemTime) -> [u8; 29] {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
@@ -291,7 +296,7 @@ pub(crate) fn write_time(out: &mut Vec<u8>, t: SystemTime) {
     put(15, 2, sod / 60 % 60);
     put(18, 2, sod % 60);
     put(21, 6, u64::from(since.subsec_micros()));
-    out.extend_from_slice(&buf);
+    buf
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).

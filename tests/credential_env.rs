@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use azure_core::credentials::TokenCredential;
 use tracing_azure_logs::client::credential_from_env;
 
 fn set(name: &str, value: Option<&str>) {

@@ -774,16 +774,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub(crate) fn serialize_row<T: Serialize + ?Sized>(row: &T) -> Result<Vec<u8>, String> {
     let bytes = serde_json::to_vec(row).map_err(|e| e.to_string())?;
     if bytes.first() != Some(&b'{') {
-        let kind = match bytes.first() {
-            Some(b'[') => "an array",
-            Some(b'"') => "a string",
-            Some(b'n') => "null",
-            Some(b't' | b'f') => "a boolean",
-            _ => "a number",
-        };
-        return Err(format!("it serializes to {kind}"));
+        return Err(format!("it serializes to {}", json_kind(&bytes)));
     }
     Ok(bytes)
+}
+
+/// What kind of JSON value `json` (serialized, no leading space) is, for error messages.
+pub(crate) fn json_kind(json: &[u8]) -> &'static str {
+    match json.first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
+    }
 }
 
 fn lossy(row: &[u8]) -> String {

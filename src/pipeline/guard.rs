@@ -8,8 +8,13 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::client::LogsIngestionClient;
+use crate::log_bridge::{AzureLogger, LogBridge};
 use crate::pipeline::queue::Queue;
+use crate::pipeline::streams::{StreamStats, Streams, Target};
 use crate::pipeline::worker::Control;
+use crate::route::Routes;
+use crate::row::RowShape;
+use crate::table::Table;
 
 /// Counts since the pipeline started.
 ///
@@ -62,6 +67,10 @@ pub struct FlushReport {
 #[must_use = "dropping the guard flushes and stops the pipeline: keep it alive until the end of main"]
 pub struct AzureLogsGuard {
     pub(crate) shared: Arc<Queue>,
+    pub(crate) registry: Arc<Streams>,
+    pub(crate) shape: Arc<RowShape>,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) rule_id: String,
     pub(crate) client: LogsIngestionClient,
     pub(crate) control: Sender<Control>,
     pub(crate) worker: Option<JoinHandle<()>>,
@@ -101,6 +110,43 @@ impl AzureLogsGuard {
         StatsHandle {
             shared: self.shared.clone(),
             client: self.client.clone(),
+        }
+    }
+
+    /// Sent and failed rows per destination (the main stream first, then routes and tables).
+    pub fn stream_stats(&self) -> Vec<StreamStats> {
+        self.registry.snapshot()
+    }
+
+    /// A handle that sends rows of type `T` to `stream` of this pipeline's rule. See [`Table`].
+    pub fn table<T: serde::Serialize>(&self, stream: impl Into<String>) -> Table<T> {
+        self.table_in(self.rule_id.clone(), stream)
+    }
+
+    /// A handle that sends rows of type `T` to `stream` of another rule on the same endpoint.
+    pub fn table_in<T: serde::Serialize>(&self, rule_id: impl Into<String>, stream: impl Into<String>) -> Table<T> {
+        let target = Target {
+            rule_id: rule_id.into(),
+            stream: stream.into(),
+        };
+        Table {
+            queue: self.shared.clone(),
+            stream: self.registry.id_for(&target),
+            name: target.stream.into(),
+            add_time: true,
+            row: std::marker::PhantomData,
+        }
+    }
+
+    /// A `log::Log` that ships `log` records through this pipeline (target routes apply), with
+    /// `filter`'s levels. Install it with `log::set_boxed_logger`, or use
+    /// [`log_bridge::init`](crate::log_bridge::init). Do not also install `LogTracer`.
+    pub fn logger(&self, filter: LogBridge) -> AzureLogger {
+        AzureLogger {
+            queue: self.shared.clone(),
+            shape: self.shape.clone(),
+            routes: self.routes.clone(),
+            filter,
         }
     }
 

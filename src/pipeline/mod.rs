@@ -3,7 +3,9 @@
 
 pub(crate) mod guard;
 pub(crate) mod queue;
+pub(crate) mod streams;
 pub(crate) mod worker;
 
 pub use guard::{AzureLogsGuard, FlushReport, Stats, StatsHandle};
 pub use queue::FullPolicy;
+pub use streams::StreamStats;

@@ -22,6 +22,7 @@ use reqwest::Url;
 use crate::client::batch::{Batch, BatchBuilder, Push};
 use crate::client::{FailedBatch, FailureReason, LogsIngestionClient, OnError, SendOutcome};
 use crate::pipeline::queue::{Queue, Queued};
+use crate::pipeline::streams::{Streams, Target};
 use crate::row::RowShape;
 
 /// How often the worker looks at the queue. Producers never wake it.
@@ -40,19 +41,10 @@ pub(crate) fn in_worker() -> bool {
     IN_WORKER.with(Cell::get)
 }
 
-/// A destination: rule and stream.
-#[derive(Clone, Debug)]
-pub(crate) struct Target {
-    pub(crate) rule_id: String,
-    pub(crate) stream: String,
-}
-
 /// Messages from the guard and from handles.
 pub(crate) enum Control {
     /// Settle every row counted in `enqueued` up to `target`, then reply.
     Flush { target: u64, reply: Sender<()> },
-    /// A new destination, with id `id`.
-    Register { id: u32, target: Target },
     /// Stop: abandon what is not sent, then reply.
     Shutdown { reply: Sender<()> },
 }
@@ -63,6 +55,16 @@ pub(crate) struct WorkerConfig {
     pub(crate) diagnostic_interval: Duration,
     pub(crate) on_error: Option<OnError>,
     pub(crate) shape: Arc<RowShape>,
+}
+
+/// What [`Worker::add`] did with a row.
+#[derive(Debug, PartialEq, Eq)]
+enum Added {
+    Yes,
+    /// The stream's open batch is full and a closed one is already waiting for a slot.
+    Blocked,
+    TooLarge,
+    UnknownStream,
 }
 
 type Upload = Pin<Box<dyn Future<Output = (u64, u32, Vec<(Batch, SendOutcome)>)> + Send>>;
@@ -83,6 +85,7 @@ struct PendingFlush {
 
 pub(crate) struct Worker {
     queue: Arc<Queue>,
+    registry: Arc<Streams>,
     client: LogsIngestionClient,
     config: WorkerConfig,
     streams: Vec<Option<Stream>>,
@@ -102,9 +105,15 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(queue: Arc<Queue>, client: LogsIngestionClient, config: WorkerConfig, main: Target) -> Self {
-        let mut worker = Worker {
+    pub(crate) fn new(
+        queue: Arc<Queue>,
+        registry: Arc<Streams>,
+        client: LogsIngestionClient,
+        config: WorkerConfig,
+    ) -> Self {
+        Worker {
             queue,
+            registry,
             client,
             config,
             streams: Vec::new(),
@@ -119,9 +128,7 @@ impl Worker {
             reported_drops: 0,
             last_diagnostic: None,
             diagnostics: 0,
-        };
-        worker.register(0, main);
-        worker
+        }
     }
 
     /// Starts the worker thread.
@@ -142,18 +149,23 @@ impl Worker {
             })
     }
 
-    fn register(&mut self, id: u32, target: Target) {
+    /// The stream with id `id`, set up on first use from the registry.
+    fn stream(&mut self, id: u32) -> Option<&mut Stream> {
         let index = id as usize;
-        if self.streams.len() <= index {
-            self.streams.resize_with(index + 1, || None);
+        if self.streams.get(index).is_none_or(Option::is_none) {
+            let target = self.registry.target(id)?;
+            if self.streams.len() <= index {
+                self.streams.resize_with(index + 1, || None);
+            }
+            let url = self.client.stream_url(&target.rule_id, &target.stream);
+            self.streams[index] = Some(Stream {
+                target,
+                url,
+                builder: BatchBuilder::new(self.client.max_uncompressed()),
+                opened: None,
+            });
         }
-        let url = self.client.stream_url(&target.rule_id, &target.stream);
-        self.streams[index] = Some(Stream {
-            target,
-            url,
-            builder: BatchBuilder::new(self.client.max_uncompressed()),
-            opened: None,
-        });
+        self.streams[index].as_mut()
     }
 
     async fn run(mut self, control: Receiver<Control>) {
@@ -167,7 +179,6 @@ impl Worker {
                         mark: None,
                         reply,
                     }),
-                    Control::Register { id, target } => self.register(id, target),
                     Control::Shutdown { reply } => {
                         self.abandon();
                         let _ = reply.send(());
@@ -212,42 +223,54 @@ impl Worker {
     /// Adds a row to its stream's batch; gives it back when that stream already has a closed batch
     /// waiting and this row does not fit the open one.
     fn place(&mut self, row: Queued) -> Result<(), Queued> {
-        let id = row.stream as usize;
         let row_id = self.taken as usize;
-        let Some(stream) = self.streams.get_mut(id).and_then(Option::as_mut) else {
-            // A destination the worker has not heard of: its Register message comes first, so
-            // this cannot happen; count the row rather than lose it silently.
-            self.fail_rows(1, None, FailureReason::InvalidRow(format!("unknown destination {id}")));
-            self.queue.recycle(row.json);
-            return Ok(());
-        };
-        match stream.builder.push(&row.json, row_id) {
-            Push::Added => {
-                stream.opened.get_or_insert_with(Instant::now);
-            }
-            Push::Full => {
-                if self.ready.iter().any(|(_, s, _)| *s == row.stream) {
-                    return Err(row);
-                }
-                self.close(row.stream);
-                let stream = self.streams[id].as_mut().expect("registered");
-                let pushed = stream.builder.push(&row.json, row_id);
-                debug_assert_eq!(pushed, Push::Added);
-                stream.opened = Some(Instant::now());
-            }
-            Push::TooLarge => {
+        match self.add(row.stream, &row.json, row_id) {
+            Added::Yes => {}
+            Added::Blocked => return Err(row),
+            Added::TooLarge => {
                 let reason = FailureReason::RowTooLarge {
                     size: row.json.len() + 2,
                     limit: self.client.max_uncompressed(),
                     what: "uncompressed JSON",
                 };
-                let target = stream.target.clone();
+                let target = self.target(row.stream);
                 let text = String::from_utf8_lossy(&row.json).into_owned();
                 self.report(&target, reason, vec![row_id], vec![text]);
+            }
+            Added::UnknownStream => {
+                // Ids come from the registry, so this cannot happen; count the row rather than
+                // lose it silently.
+                let reason = FailureReason::InvalidRow(format!("unknown destination {}", row.stream));
+                self.fail_rows(1, None, reason);
             }
         }
         self.queue.recycle(row.json);
         Ok(())
+    }
+
+    /// Pushes `row` into the open batch of `stream`, closing that batch first when the row does not
+    /// fit and no closed batch of the stream is already waiting.
+    fn add(&mut self, stream: u32, row: &[u8], row_id: usize) -> Added {
+        let waiting = self.ready.iter().any(|(_, s, _)| *s == stream);
+        let Some(open) = self.stream(stream) else {
+            return Added::UnknownStream;
+        };
+        match open.builder.push(row, row_id) {
+            Push::Added => {
+                open.opened.get_or_insert_with(Instant::now);
+                Added::Yes
+            }
+            Push::TooLarge => Added::TooLarge,
+            Push::Full if waiting => Added::Blocked,
+            Push::Full => {
+                self.close(stream);
+                let open = self.streams[stream as usize].as_mut().expect("set up above");
+                let pushed = open.builder.push(row, row_id);
+                debug_assert_eq!(pushed, Push::Added, "a row that fits alone fits an empty batch");
+                open.opened = Some(Instant::now());
+                Added::Yes
+            }
+        }
     }
 
     /// Closes the open batch of `stream`, if it has rows, into the ready list.
@@ -313,7 +336,11 @@ impl Worker {
             };
             self.uploading.insert(id, (stream, batch.ids().to_vec()));
             let client = self.client.clone();
-            let url = self.streams[stream as usize].as_ref().expect("registered").url.clone();
+            let url = self.streams[stream as usize]
+                .as_ref()
+                .expect("set up when its rows arrived")
+                .url
+                .clone();
             self.in_flight.push(Box::pin(async move {
                 let done = client.send_batch(&url, batch).await;
                 (id, stream, done)
@@ -333,8 +360,10 @@ impl Worker {
                 None => {
                     counters.sent.fetch_add(app_rows, Ordering::Relaxed);
                     counters.diagnostic_rows.fetch_add(diagnostic_rows, Ordering::Relaxed);
+                    self.registry.count(stream, app_rows, 0);
                 }
                 Some(reason) => {
+                    self.registry.count(stream, 0, app_rows);
                     let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
                     self.report_counted(&target, reason, batch.ids().to_vec(), rows, app_rows);
                 }
@@ -413,19 +442,9 @@ impl Worker {
         crate::layer::encode_diagnostic(&self.config.shape, &mut row, new, dropped);
         let id = DIAGNOSTIC_ID + self.diagnostics;
         self.diagnostics += 1;
-        let Some(stream) = self.streams[0].as_mut() else { return };
-        match stream.builder.push(&row, id) {
-            Push::Added => {
-                stream.opened.get_or_insert_with(Instant::now);
-            }
-            Push::Full if !self.ready.iter().any(|(_, s, _)| *s == 0) => {
-                self.close(0);
-                let stream = self.streams[0].as_mut().expect("registered");
-                let _ = stream.builder.push(&row, id);
-                stream.opened = Some(Instant::now());
-            }
+        if self.add(0, &row, id) != Added::Yes {
             // No room now: the count carries over to the next report.
-            _ => self.reported_drops -= new,
+            self.reported_drops -= new;
         }
     }
 

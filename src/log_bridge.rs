@@ -1,0 +1,227 @@
+//! A `log::Log` that feeds the pipeline directly, for programs (or dependencies) that log through
+//! the `log` facade, with or without `tracing`.
+//!
+//! A record becomes a row with the same columns as a tracing event: `Target` from the record's
+//! target, `File` and `Line` from its location, `Message` from its text, and its key-values (the
+//! `kv` feature of `log`) as typed `Properties`. `Spans` is empty.
+//!
+//! # Shipped once, never twice
+//!
+//! A process has one `log` logger. [`crate::init`] installs tracing-log's `LogTracer` as that
+//! logger, which turns records into tracing events that this crate's layer ships. Installing
+//! this bridge as well fails (the logger is already set) instead of shipping records twice; use
+//! one or the other:
+//! - an application on `tracing`: [`crate::init`] (or the layer + `LogTracer`);
+//! - an application on `log` only: [`init`] here.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tracing_azure_logs::log_bridge::{self, LogBridge};
+//!
+//! let builder = tracing_azure_logs::AzureLogsBuilder::from_env()?;
+//! let _guard = log_bridge::init(builder, LogBridge::new(log::LevelFilter::Info).target("hyper", log::LevelFilter::Warn))?;
+//! log::info!(order_id = 7, total = 12.5; "order placed");
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use log::kv::{Error as KvError, Key, Value, VisitSource, VisitValue};
+use log::{LevelFilter, Metadata, Record};
+
+use crate::config::{AzureLogsBuilder, InitError};
+use crate::layer::{begin_row, write_thread};
+use crate::pipeline::AzureLogsGuard;
+use crate::pipeline::queue::Queue;
+use crate::pipeline::worker::in_worker;
+use crate::route::Routes;
+use crate::row::{RowShape, key, key_str, write_f64, write_fmt, write_int, write_str};
+
+/// Which `log` records the bridge ships: a default level, and levels for target prefixes (the
+/// longest matching prefix wins).
+#[derive(Clone, Debug)]
+pub struct LogBridge {
+    level: LevelFilter,
+    targets: Vec<(String, LevelFilter)>,
+}
+
+impl LogBridge {
+    /// Ships records at `level` and above.
+    pub fn new(level: LevelFilter) -> Self {
+        LogBridge {
+            level,
+            targets: Vec::new(),
+        }
+    }
+
+    /// Records whose target is `prefix` or below it (`hyper` covers `hyper::proto`) use `level`.
+    pub fn target(mut self, prefix: impl Into<String>, level: LevelFilter) -> Self {
+        self.targets.push((prefix.into(), level));
+        self
+    }
+
+    fn level_for(&self, target: &str) -> LevelFilter {
+        self.targets
+            .iter()
+            .filter(|(p, _)| target == p || (target.starts_with(p.as_str()) && target[p.len()..].starts_with("::")))
+            .max_by_key(|(p, _)| p.len())
+            .map_or(self.level, |(_, l)| *l)
+    }
+
+    /// The most verbose level any target may ship, for `log::set_max_level`.
+    pub fn max_level(&self) -> LevelFilter {
+        self.targets.iter().map(|(_, l)| *l).fold(self.level, Ord::max)
+    }
+}
+
+/// The `log::Log` implementation; get one from [`AzureLogsGuard::logger`].
+pub struct AzureLogger {
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) shape: Arc<RowShape>,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) filter: LogBridge,
+}
+
+impl std::fmt::Debug for AzureLogger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureLogger")
+            .field("filter", &self.filter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl log::Log for AzureLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.filter.level_for(metadata.target())
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        // Records from the pipeline's own thread (rustls, hyper...) never re-enter it.
+        if !self.enabled(record.metadata()) || in_worker() {
+            return;
+        }
+        let queue = &*self.queue;
+        if queue.is_closed() {
+            queue
+                .counters
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let target = match record.target() {
+            "" => record.module_path().unwrap_or_default(),
+            t => t,
+        };
+        let mut row = queue.buffer();
+        encode_record(&self.shape, &mut row, record, target);
+        queue.push(self.routes.stream_for_target(target), row);
+    }
+
+    fn flush(&self) {}
+}
+
+fn encode_record(shape: &RowShape, row: &mut Vec<u8>, record: &Record<'_>, target: &str) {
+    let level = match record.level() {
+        log::Level::Error => tracing::Level::ERROR,
+        log::Level::Warn => tracing::Level::WARN,
+        log::Level::Info => tracing::Level::INFO,
+        log::Level::Debug => tracing::Level::DEBUG,
+        log::Level::Trace => tracing::Level::TRACE,
+    };
+    begin_row(shape, row, &level, target);
+    if let Some(k) = &shape.properties {
+        key(row, k);
+        row.push(b'{');
+        // A failing key-value source leaves what it wrote; the object stays valid JSON.
+        let _ = record.key_values().visit(&mut KeyValues { out: row });
+        row.push(b'}');
+    }
+    if let Some(k) = &shape.message {
+        key(row, k);
+        write_fmt(row, *record.args());
+    }
+    if let Some(k) = &shape.spans {
+        key(row, k);
+        row.extend_from_slice(b"[]");
+    }
+    if let (Some(k), Some(file)) = (&shape.file, record.file()) {
+        key(row, k);
+        write_str(row, file);
+    }
+    if let (Some(k), Some(line)) = (&shape.line, record.line()) {
+        key(row, k);
+        write_int(row, line);
+    }
+    write_thread(shape, row);
+    row.push(b'}');
+}
+
+struct KeyValues<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl<'kvs> VisitSource<'kvs> for KeyValues<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), KvError> {
+        key_str(self.out, key.as_str());
+        value.visit(TypedValue { out: self.out })
+    }
+}
+
+/// Writes a key-value's value keeping its type: numbers stay numbers.
+struct TypedValue<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl<'v> VisitValue<'v> for TypedValue<'_> {
+    fn visit_any(&mut self, value: Value<'_>) -> Result<(), KvError> {
+        write_fmt(self.out, format_args!("{value}"));
+        Ok(())
+    }
+    fn visit_null(&mut self) -> Result<(), KvError> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+    fn visit_u64(&mut self, value: u64) -> Result<(), KvError> {
+        write_int(self.out, value);
+        Ok(())
+    }
+    fn visit_i64(&mut self, value: i64) -> Result<(), KvError> {
+        write_int(self.out, value);
+        Ok(())
+    }
+    fn visit_u128(&mut self, value: u128) -> Result<(), KvError> {
+        write_int(self.out, value);
+        Ok(())
+    }
+    fn visit_i128(&mut self, value: i128) -> Result<(), KvError> {
+        write_int(self.out, value);
+        Ok(())
+    }
+    fn visit_f64(&mut self, value: f64) -> Result<(), KvError> {
+        write_f64(self.out, value);
+        Ok(())
+    }
+    fn visit_bool(&mut self, value: bool) -> Result<(), KvError> {
+        self.out.extend_from_slice(if value { b"true" } else { b"false" });
+        Ok(())
+    }
+    fn visit_str(&mut self, value: &str) -> Result<(), KvError> {
+        write_str(self.out, value);
+        Ok(())
+    }
+    fn visit_char(&mut self, value: char) -> Result<(), KvError> {
+        write_str(self.out, value.encode_utf8(&mut [0; 4]));
+        Ok(())
+    }
+}
+
+/// Builds the pipeline from `builder` and installs its `log` bridge as the process's logger
+/// (no `tracing` subscriber is installed). Fails if a logger is already set, e.g. `LogTracer`
+/// from [`crate::init`]: records are never shipped twice.
+pub fn init(builder: AzureLogsBuilder, bridge: LogBridge) -> Result<AzureLogsGuard, InitError> {
+    let (_layer, guard) = builder.build()?;
+    let max = bridge.max_level();
+    log::set_boxed_logger(Box::new(guard.logger(bridge))).map_err(|e| InitError::LoggerAlreadySet(e.to_string()))?;
+    log::set_max_level(max);
+    Ok(guard)
+}
