@@ -1042,6 +1042,7 @@ async fn rows_can_go_unretained_and_the_log_is_bounded() {
     assert_eq!(emu.stats().rows_accepted, 50);
     let log = emu.requests();
     assert_eq!(log.len(), 3);
+    assert_eq!(log.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4, 5]);
     assert_eq!(
         log.iter()
             .map(|r| r.client_request_id.clone().unwrap())

@@ -400,6 +400,7 @@ async fn handle(
     let mut rec = Recorder {
         shared: shared.clone(),
         record: Some(RequestRecord {
+            seq: 0,
             received_at,
             started,
             duration: Duration::ZERO,
