@@ -227,7 +227,11 @@ async fn api_version_missing_or_unknown_is_400() {
 
 #[tokio::test]
 async fn bearer_token_is_required_and_can_rotate() {
-    let emu = Emulator::builder().token("secret-1").start().unwrap();
+    let builder = Emulator::builder().token("secret-1");
+    assert!(!format!("{builder:?}").contains("secret-1"), "Debug hides the token");
+    let emu = builder.start().unwrap();
+    assert!(!format!("{emu:?}").contains("secret-1"));
+    assert!(!format!("{:?}", emu.credential()).contains("secret-1"));
     assert_eq!(emu.token().as_deref(), Some("secret-1"));
     let u = url(&emu, RULE, STREAM);
     let c = client();
@@ -646,6 +650,13 @@ async fn scripted_faults_are_answered_in_order_and_logged() {
     assert_eq!(stats.rejected_requests, 8);
     assert_eq!(stats.accepted_requests, 1);
 
+    // A non-204 success and a "lost upload" 204.
+    emu.inject(Fault::Status(200), 1);
+    emu.inject(Fault::Status(204), 1);
+    assert_eq!(post(&emu, body, false).await.status().as_u16(), 200);
+    assert_eq!(post(&emu, body, false).await.status().as_u16(), 204);
+    assert_eq!(emu.row_count(STREAM), 1, "injected statuses store no rows");
+
     // clear_faults drops what is left.
     emu.inject(Fault::Status(500), 10);
     emu.clear_faults();
@@ -906,6 +917,7 @@ async fn rows_can_go_unretained_and_the_log_is_bounded() {
     assert_eq!(emu.stats().rows_accepted, 50);
     let log = emu.requests();
     assert_eq!(log.len(), 3);
+    assert_eq!(log.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4, 5]);
     assert_eq!(
         log.iter()
             .map(|r| r.client_request_id.clone().unwrap())

@@ -22,8 +22,10 @@ pub enum Fault {
         retry_after_ms: u64,
     },
     /// Answer with this status and the service's error body shape
-    /// (`{"error":{"code":..,"message":..}}` plus `x-ms-error-code`). A status outside 100..=999
-    /// is answered as 500. `Status(429)` carries no retry header; use [`Fault::Throttle`] for that.
+    /// (`{"error":{"code":..,"message":..}}` plus `x-ms-error-code`). A status outside 200..=999
+    /// is answered as 500. `Status(429)` carries no retry header; use [`Fault::Throttle`] for
+    /// that. `Status(200)` tests a client that must accept only 204; `Status(204)` answers like
+    /// a success but stores no row (a lost upload).
     Status(u16),
     /// Wait this long, then handle the request normally. Shutdown cuts the wait short (the
     /// request is then dropped without a response).

@@ -280,8 +280,8 @@ impl Drop for Emulator {
     }
 }
 
-/// Configures and starts an [`Emulator`]; see [`Emulator::builder`].
-#[derive(Debug)]
+/// Configures and starts an [`Emulator`]; see [`Emulator::builder`]. Its `Debug` output does
+/// not show the token.
 pub struct EmulatorBuilder {
     token: Option<String>,
     port: u16,
@@ -309,6 +309,23 @@ impl Default for EmulatorBuilder {
             fault_rates: None,
             request_log_capacity: DEFAULT_REQUEST_LOG_CAPACITY,
         }
+    }
+}
+
+impl std::fmt::Debug for EmulatorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmulatorBuilder")
+            .field("auth", &self.token.is_some())
+            .field("port", &self.port)
+            .field("declarations", &self.declarations)
+            .field("strict_schema", &self.strict_schema)
+            .field("strict_size", &self.strict_size)
+            .field("max_decompressed_bytes", &self.max_decompressed_bytes)
+            .field("retain_rows", &self.retain_rows)
+            .field("persist_dir", &self.persist_dir)
+            .field("fault_rates", &self.fault_rates)
+            .field("request_log_capacity", &self.request_log_capacity)
+            .finish()
     }
 }
 

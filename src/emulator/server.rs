@@ -325,7 +325,12 @@ async fn read_body(
     size_hint: Option<u64>,
     wire: &mut u64,
 ) -> Result<BodyRead, hyper::Error> {
-    let mut buf = BytesMut::with_capacity(size_hint.unwrap_or(8192).min(limit as u64) as usize);
+    let capacity = match size_hint {
+        Some(n) if n > limit as u64 => 0, // answered 413 anyway: keep nothing
+        Some(n) => n as usize,
+        None => 8192,
+    };
+    let mut buf = BytesMut::with_capacity(capacity);
     let mut over = false;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
@@ -375,6 +380,7 @@ async fn handle(
     let mut rec = Recorder {
         shared: shared.clone(),
         record: Some(RequestRecord {
+            seq: 0,
             received_at,
             started,
             duration: Duration::ZERO,
@@ -459,7 +465,7 @@ async fn handle(
             return Ok(resp);
         }
         Some(Fault::Status(status)) => {
-            let status = if (100..=999).contains(&status) { status } else { 500 };
+            let status = if (200..=999).contains(&status) { status } else { 500 };
             return Ok(rec.error(
                 status,
                 status_error_code(status),

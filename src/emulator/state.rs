@@ -21,6 +21,10 @@ use super::schema::Declarations;
 #[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
+    /// Position of the record among all finished requests since start (1-based, gapless even
+    /// when the log has dropped older records): equals [`EmulatorStats::requests`] right after
+    /// this request finished.
+    pub seq: u64,
     /// Wall-clock time the request head arrived.
     pub received_at: SystemTime,
     /// Monotonic time the request head arrived.
@@ -180,11 +184,12 @@ impl Shared {
     }
 
     /// Appends a finished request and stores its rows (if any), then wakes waiters.
-    pub(crate) fn finish(&self, record: RequestRecord, stored: Option<Stored<'_>>) {
+    pub(crate) fn finish(&self, mut record: RequestRecord, stored: Option<Stored<'_>>) {
         let mut st = self.lock();
         let s = &mut st.stats;
         s.in_flight = s.in_flight.saturating_sub(1);
         s.requests += 1;
+        record.seq = s.requests;
         s.wire_bytes += record.wire_bytes;
         s.uncompressed_bytes += record.uncompressed_bytes.unwrap_or(0);
         if record.fault.is_some() {
