@@ -66,8 +66,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rows = emu.rows("Custom-Quickstart_CL");
         println!("\nThe emulator received {} rows:\n", rows.len());
         println!(
-            "{:<27} {:<5} {:<19} {:<9} {:<27} {}",
-            "TimeGenerated", "Level", "Target", "Thread", "Message", "Properties / Spans"
+            "{:<27} {:<5} {:<19} {:<9} {:<27} Properties / Spans",
+            "TimeGenerated", "Level", "Target", "Thread", "Message"
         );
         for row in &rows {
             println!(

@@ -478,9 +478,11 @@ mod tests {
 
     #[test]
     fn stream_declaration_lists_columns_and_statics() {
-        let mut columns = Columns::default();
-        columns.thread = None;
-        columns.statics.push(("Computer".into(), Value::String("web-1".into())));
+        let columns = Columns {
+            thread: None,
+            statics: vec![("Computer".into(), Value::String("web-1".into()))],
+            ..Columns::default()
+        };
         let decl = columns.stream_declaration();
         let names: Vec<&str> = decl["columns"]
             .as_array()
