@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 use tracing_azure_logs::emulator::Emulator;
-use tracing_azure_logs::{AzureLogs, AzureLogsBuilder, ENV_ENDPOINT};
+use tracing_azure_logs::{AzureLogsBuilder, ENV_ENDPOINT};
 
 #[derive(Serialize)]
 struct Order {
@@ -29,11 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => Some(Emulator::start()?),
     };
     let builder = match &emulator {
-        Some(emu) => AzureLogs::builder()
-            .endpoint(emu.endpoint())
-            .rule_id("dcr-custom-table")
-            .stream("Custom-AppLogs_CL")
-            .credential(emu.credential()),
+        Some(emu) => emu.logs_builder("dcr-custom-table", "Custom-AppLogs_CL"),
         None => AzureLogsBuilder::from_env()?,
     };
     // Events with a `table` field naming the audit stream go there instead of the log stream.

@@ -9,7 +9,7 @@
 
 use tracing_azure_logs::emulator::Emulator;
 use tracing_azure_logs::log_bridge::{self, LogBridge};
-use tracing_azure_logs::{AzureLogs, AzureLogsBuilder, ENV_ENDPOINT};
+use tracing_azure_logs::{AzureLogsBuilder, ENV_ENDPOINT};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let emulator = match std::env::var_os(ENV_ENDPOINT) {
@@ -17,11 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => Some(Emulator::start()?),
     };
     let builder = match &emulator {
-        Some(emu) => AzureLogs::builder()
-            .endpoint(emu.endpoint())
-            .rule_id("dcr-log-bridge")
-            .stream("Custom-LogBridge_CL")
-            .credential(emu.credential()),
+        Some(emu) => emu.logs_builder("dcr-log-bridge", "Custom-LogBridge_CL"),
         None => AzureLogsBuilder::from_env()?,
     };
     // Info and above, but only warnings from the chatty `legacy::pool` module.

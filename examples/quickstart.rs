@@ -9,7 +9,7 @@
 //! ```
 
 use tracing_azure_logs::emulator::Emulator;
-use tracing_azure_logs::{AzureLogs, AzureLogsBuilder, ENV_ENDPOINT};
+use tracing_azure_logs::{AzureLogsBuilder, ENV_ENDPOINT};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let emulator = if std::env::var_os(ENV_ENDPOINT).is_some() {
@@ -23,11 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "No {ENV_ENDPOINT} set: shipping to the local emulator at {}",
                 emu.endpoint()
             );
-            AzureLogs::builder()
-                .endpoint(emu.endpoint())
-                .rule_id("dcr-quickstart")
-                .stream("Custom-Quickstart_CL")
-                .credential(emu.credential())
+            emu.logs_builder("dcr-quickstart", "Custom-Quickstart_CL")
         }
         None => AzureLogsBuilder::from_env()?,
     };

@@ -7,7 +7,7 @@ use azure_core::credentials::TokenCredential;
 use serde_json::Value;
 
 use crate::client::{
-    Audience, ConfigError, FailedBatch, LogsIngestionClient, OnError, RetryPolicy, StaticTokenCredential,
+    Audience, ClientSettings, ConfigError, FailedBatch, OnError, RetryPolicy, StaticTokenCredential,
     credential_from_env_with, default_http_client,
 };
 use crate::layer::AzureLogsLayer;
@@ -68,19 +68,13 @@ pub struct AzureLogsBuilder {
     rule_id: Option<String>,
     stream: Option<String>,
     credential: Option<Arc<dyn TokenCredential>>,
-    http: Option<reqwest::Client>,
-    audience: Audience,
+    client: ClientSettings,
     columns: Columns,
     queue_rows: usize,
     queue_bytes: usize,
     full_policy: FullPolicy,
     max_delay: Duration,
     flush_timeout: Duration,
-    max_concurrency: usize,
-    retry: RetryPolicy,
-    request_timeout: Duration,
-    gzip_level: u32,
-    max_uncompressed: usize,
     on_error: Option<OnError>,
     diagnostic_interval: Duration,
     target_routes: Vec<(String, String)>,
@@ -96,19 +90,17 @@ impl Default for AzureLogsBuilder {
             rule_id: None,
             stream: None,
             credential: None,
-            http: None,
-            audience: Audience::default(),
+            // gzip level 1: one worker then keeps up with hundreds of thousands of events per second.
+            client: ClientSettings {
+                gzip_level: 1,
+                ..ClientSettings::default()
+            },
             columns,
             queue_rows: 65_536,
             queue_bytes: 32 * 1024 * 1024,
             full_policy: FullPolicy::DropNewest,
             max_delay: Duration::from_secs(1),
             flush_timeout: Duration::from_secs(5),
-            max_concurrency: 5,
-            retry: RetryPolicy::default(),
-            request_timeout: Duration::from_secs(30),
-            gzip_level: 1,
-            max_uncompressed: crate::client::MAX_BODY_BYTES,
             on_error: None,
             diagnostic_interval: Duration::from_secs(10),
             target_routes: Vec::new(),
@@ -188,13 +180,13 @@ impl AzureLogsBuilder {
     /// The HTTP client for uploads (and for the default credential). Default:
     /// [`default_http_client`](crate::client::default_http_client).
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http = Some(client);
+        self.client.http = Some(client);
         self
     }
 
     /// The cloud whose token audience to ask for. Default: Azure public cloud.
     pub fn audience(mut self, audience: Audience) -> Self {
-        self.audience = audience;
+        self.client.audience = audience;
         self
     }
 
@@ -266,38 +258,40 @@ impl AzureLogsBuilder {
 
     /// Uploads in flight at once. Default 5.
     pub fn max_concurrency(mut self, n: usize) -> Self {
-        self.max_concurrency = n;
+        self.client.max_concurrency = n;
         self
     }
 
     /// How failed uploads are retried. Default: [`RetryPolicy::default`].
     pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.client.retry = retry;
         self
     }
 
     /// Time limit of one HTTP attempt. Default 30 s.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.client.request_timeout = timeout;
         self
     }
 
     /// gzip level 0-9. Default 1: the fastest, so one worker keeps up with hundreds of thousands of
     /// events per second (about 4.5x smaller than the JSON).
     pub fn gzip_level(mut self, level: u32) -> Self {
-        self.gzip_level = level;
+        self.client.gzip_level = level;
         self
     }
 
     /// Cap on a batch's uncompressed JSON. Default 1,048,576; the gzipped body always stays at most
     /// 1,048,576 bytes.
     pub fn max_uncompressed_batch(mut self, bytes: usize) -> Self {
-        self.max_uncompressed = bytes;
+        self.client.max_uncompressed = bytes;
         self
     }
 
-    /// Called (on the worker thread) with every batch of rows that could not be delivered.
-    /// Default: a line on stderr per failed batch. Keep it quick; a panic in it is caught.
+    /// Called with every batch of rows that could not be delivered. Default: a line on stderr per
+    /// failed batch. It runs on the worker thread: keep it quick (a panic in it is caught), and
+    /// note that `tracing` events emitted there are not shipped (nothing on that thread is, to
+    /// avoid feedback loops); `Table::send` from it works.
     pub fn on_error(mut self, on_error: impl Fn(FailedBatch) + Send + Sync + 'static) -> Self {
         self.on_error = Some(Arc::new(on_error));
         self
@@ -368,23 +362,20 @@ impl AzureLogsBuilder {
                 reason: "must be above zero".into(),
             });
         }
-        let http = match self.http {
-            Some(http) => http,
-            None => default_http_client()?,
-        };
+        let mut settings = self.client;
         let credential = match self.credential {
             Some(credential) => credential,
-            None => credential_from_env_with(&http)?,
+            None => {
+                // One HTTP client for the credential and the uploads.
+                let http = match &settings.http {
+                    Some(http) => http.clone(),
+                    None => default_http_client()?,
+                };
+                settings.http = Some(http.clone());
+                credential_from_env_with(&http)?
+            }
         };
-        let client = LogsIngestionClient::builder(self.endpoint.unwrap_or_default(), credential)
-            .http_client(http)
-            .audience(self.audience)
-            .max_concurrency(self.max_concurrency)
-            .retry_policy(self.retry)
-            .request_timeout(self.request_timeout)
-            .gzip_level(self.gzip_level)
-            .max_uncompressed_batch(self.max_uncompressed)
-            .build()?;
+        let client = settings.build(&self.endpoint.unwrap_or_default(), credential)?;
         let rule_id = self.rule_id.unwrap_or_default();
         let shape = Arc::new(RowShape::new(&self.columns));
         let queue = Arc::new(crate::pipeline::queue::Queue::new(

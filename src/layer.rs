@@ -17,7 +17,6 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::pipeline::queue::Queue;
-use crate::pipeline::worker::in_worker;
 use crate::route::Routes;
 use crate::row::{EventFields, FieldSink, Fields, RowShape, key, write_int, write_str, write_time};
 
@@ -116,16 +115,8 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        // Events of the pipeline's own thread (reqwest, hyper, rustls...) never re-enter it.
-        if in_worker() {
-            return;
-        }
         let queue = &*self.queue;
-        if queue.is_closed() {
-            queue
-                .counters
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !queue.admit() {
             return;
         }
         let normalized = event.normalized_metadata();
@@ -202,21 +193,26 @@ impl AzureLogsLayer {
             }
             row.push(b']');
         }
-        if let (Some(k), Some(file)) = (&shape.file, meta.file()) {
-            key(row, k);
-            write_str(row, file);
-        }
-        if let (Some(k), Some(line)) = (&shape.line, meta.line()) {
-            key(row, k);
-            write_int(row, line);
-        }
-        write_thread(shape, row);
-        row.push(b'}');
+        end_row(shape, row, meta.file(), meta.line());
     }
 }
 
+/// The columns every row ends with (file, line, thread) and the closing `}`.
+pub(crate) fn end_row(shape: &RowShape, row: &mut Vec<u8>, file: Option<&str>, line: Option<u32>) {
+    if let (Some(k), Some(file)) = (&shape.file, file) {
+        key(row, k);
+        write_str(row, file);
+    }
+    if let (Some(k), Some(line)) = (&shape.line, line) {
+        key(row, k);
+        write_int(row, line);
+    }
+    write_thread(shape, row);
+    row.push(b'}');
+}
+
 /// The `Thread` column: the thread's name, or its id, encoded once per thread.
-pub(crate) fn write_thread(shape: &RowShape, row: &mut Vec<u8>) {
+fn write_thread(shape: &RowShape, row: &mut Vec<u8>) {
     let Some(k) = &shape.thread else { return };
     key(row, k);
     let encode = |out: &mut Vec<u8>| {
@@ -292,5 +288,5 @@ pub(crate) fn encode_diagnostic(shape: &RowShape, row: &mut Vec<u8>, dropped: u6
         key(row, k);
         row.extend_from_slice(b"[]");
     }
-    row.push(b'}');
+    end_row(shape, row, None, None);
 }

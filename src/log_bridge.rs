@@ -30,10 +30,9 @@ use log::kv::{Error as KvError, Key, Value, VisitSource, VisitValue};
 use log::{LevelFilter, Metadata, Record};
 
 use crate::config::{AzureLogsBuilder, InitError};
-use crate::layer::{begin_row, write_thread};
+use crate::layer::{begin_row, end_row};
 use crate::pipeline::AzureLogsGuard;
 use crate::pipeline::queue::Queue;
-use crate::pipeline::worker::in_worker;
 use crate::route::Routes;
 use crate::row::{RowShape, key, key_str, write_f64, write_fmt, write_int, write_str};
 
@@ -96,16 +95,8 @@ impl log::Log for AzureLogger {
     }
 
     fn log(&self, record: &Record<'_>) {
-        // Records from the pipeline's own thread (rustls, hyper...) never re-enter it.
-        if !self.enabled(record.metadata()) || in_worker() {
-            return;
-        }
         let queue = &*self.queue;
-        if queue.is_closed() {
-            queue
-                .counters
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.enabled(record.metadata()) || !queue.admit() {
             return;
         }
         let target = match record.target() {
@@ -144,16 +135,7 @@ fn encode_record(shape: &RowShape, row: &mut Vec<u8>, record: &Record<'_>, targe
         key(row, k);
         row.extend_from_slice(b"[]");
     }
-    if let (Some(k), Some(file)) = (&shape.file, record.file()) {
-        key(row, k);
-        write_str(row, file);
-    }
-    if let (Some(k), Some(line)) = (&shape.line, record.line()) {
-        key(row, k);
-        write_int(row, line);
-    }
-    write_thread(shape, row);
-    row.push(b'}');
+    end_row(shape, row, record.file(), record.line());
 }
 
 struct KeyValues<'a> {

@@ -9,7 +9,7 @@ use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions}
 use serde_json::{Value, json};
 use tracing_azure_logs::client::{
     ConfigError, ContentEncoding, FailedBatch, FailureReason, LogsIngestionClient, LogsIngestionClientBuilder,
-    MAX_BODY_BYTES, RetryPolicy,
+    MAX_BODY_BYTES, RetryPolicy, StaticTokenCredential,
 };
 use tracing_azure_logs::emulator::{Emulator, Fault};
 
@@ -25,7 +25,7 @@ fn fast_retries() -> RetryPolicy {
 }
 
 fn client(emu: &Emulator) -> LogsIngestionClientBuilder {
-    LogsIngestionClient::builder(emu.endpoint(), emu.credential()).retry_policy(fast_retries())
+    emu.client().retry_policy(fast_retries())
 }
 
 /// Runs an async test body with a hard time limit.
@@ -460,29 +460,11 @@ async fn a_401_refreshes_the_token_once() {
     .await;
 }
 
-struct FixedToken(&'static str);
-
-impl std::fmt::Debug for FixedToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FixedToken")
-    }
-}
-
-#[async_trait::async_trait]
-impl TokenCredential for FixedToken {
-    async fn get_token(&self, _: &[&str], _: Option<TokenRequestOptions<'_>>) -> azure_core::Result<AccessToken> {
-        Ok(AccessToken::new(
-            self.0,
-            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
-        ))
-    }
-}
-
 #[tokio::test]
 async fn a_token_refused_twice_fails_with_the_audience_hint_and_no_token_in_it() {
     bounded(async {
         let emu = Emulator::start().unwrap();
-        let c = LogsIngestionClient::builder(emu.endpoint(), Arc::new(FixedToken("wrong-token-value")))
+        let c = LogsIngestionClient::builder(emu.endpoint(), StaticTokenCredential::new("wrong-token-value"))
             .build()
             .unwrap();
         let err = c.upload(RULE, STREAM, [json!({"n": 1})]).await.unwrap_err();
@@ -497,7 +479,7 @@ async fn a_token_refused_twice_fails_with_the_audience_hint_and_no_token_in_it()
 
 #[test]
 fn plain_http_to_a_remote_host_is_refused_at_build() {
-    let cred: Arc<dyn TokenCredential> = Arc::new(FixedToken("t"));
+    let cred: Arc<dyn TokenCredential> = StaticTokenCredential::new("t");
     let err = LogsIngestionClient::new("http://my-dce.eastus-1.ingest.monitor.azure.com", cred.clone()).unwrap_err();
     assert!(matches!(err, ConfigError::InsecureEndpoint { .. }));
     assert!(err.to_string().contains("use https://"), "{err}");

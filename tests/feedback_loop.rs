@@ -5,18 +5,14 @@
 
 use std::time::Duration;
 
-use tracing_azure_logs::AzureLogs;
 use tracing_azure_logs::emulator::Emulator;
 use tracing_subscriber::prelude::*;
 
 #[test]
 fn trace_level_http_stack_events_never_reach_the_emulator() {
     let emu = Emulator::start().unwrap();
-    let (layer, guard) = AzureLogs::builder()
-        .endpoint(emu.endpoint())
-        .rule_id("dcr-loop")
-        .stream("Custom-Loop_CL")
-        .credential(emu.credential())
+    let (layer, guard) = emu
+        .logs_builder("dcr-loop", "Custom-Loop_CL")
         .max_delay(Duration::from_millis(20))
         .build()
         .unwrap();

@@ -5,18 +5,15 @@
 use std::time::Duration;
 
 use serde_json::json;
+use tracing_azure_logs::InitError;
 use tracing_azure_logs::emulator::Emulator;
 use tracing_azure_logs::log_bridge::{self, LogBridge};
-use tracing_azure_logs::{AzureLogs, InitError};
 
 #[test]
 fn log_records_with_key_values_arrive_typed() {
     let emu = Emulator::start().unwrap();
-    let builder = AzureLogs::builder()
-        .endpoint(emu.endpoint())
-        .rule_id("dcr-log")
-        .stream("Custom-Log_CL")
-        .credential(emu.credential())
+    let builder = emu
+        .logs_builder("dcr-log", "Custom-Log_CL")
         .max_delay(Duration::from_millis(20));
     let bridge = LogBridge::new(log::LevelFilter::Info).target("noisy", log::LevelFilter::Warn);
     let guard = log_bridge::init(builder, bridge).unwrap();
@@ -44,11 +41,7 @@ fn log_records_with_key_values_arrive_typed() {
     assert_eq!(rows[1]["Level"], "WARN");
 
     // A second logger cannot be installed, so nothing is ever shipped twice.
-    let again = AzureLogs::builder()
-        .endpoint(emu.endpoint())
-        .rule_id("dcr-log")
-        .stream("Custom-Log_CL")
-        .credential(emu.credential());
+    let again = emu.logs_builder("dcr-log", "Custom-Log_CL");
     let err = log_bridge::init(again, LogBridge::new(log::LevelFilter::Info)).unwrap_err();
     assert!(matches!(err, InitError::LoggerAlreadySet(_)), "{err}");
     assert!(tracing_log::LogTracer::init().is_err());

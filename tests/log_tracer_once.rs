@@ -4,19 +4,15 @@
 
 use std::time::Duration;
 
+use tracing_azure_logs::InitError;
 use tracing_azure_logs::emulator::Emulator;
 use tracing_azure_logs::log_bridge::{self, LogBridge};
-use tracing_azure_logs::{AzureLogs, InitError};
 
 #[test]
 fn a_record_through_log_tracer_arrives_once() {
     let emu = Emulator::start().unwrap();
     let builder = || {
-        AzureLogs::builder()
-            .endpoint(emu.endpoint())
-            .rule_id("dcr-once")
-            .stream("Custom-Once_CL")
-            .credential(emu.credential())
+        emu.logs_builder("dcr-once", "Custom-Once_CL")
             .max_delay(Duration::from_millis(20))
     };
     // What init() does, with an explicit builder instead of the environment.

@@ -29,11 +29,7 @@ fn wait_until(condition: impl Fn() -> bool) -> bool {
 }
 
 fn pipeline(emu: &Emulator) -> AzureLogsBuilder {
-    AzureLogs::builder()
-        .endpoint(emu.endpoint())
-        .rule_id(RULE)
-        .stream(STREAM)
-        .credential(emu.credential())
+    emu.logs_builder(RULE, STREAM)
         .max_delay(Duration::from_millis(50))
         .retry_policy(
             RetryPolicy::default()

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tracing::Dispatch;
 use tracing_azure_logs::client::FailedBatch;
 use tracing_azure_logs::emulator::{Emulator, Fault};
-use tracing_azure_logs::{AzureLogs, AzureLogsBuilder, FullPolicy, SendError};
+use tracing_azure_logs::{AzureLogsBuilder, FullPolicy, SendError};
 use tracing_subscriber::prelude::*;
 
 const RULE: &str = "dcr-tables";
@@ -20,12 +20,7 @@ const AUDIT: &str = "Custom-Audit_CL";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn pipeline(emu: &Emulator) -> AzureLogsBuilder {
-    AzureLogs::builder()
-        .endpoint(emu.endpoint())
-        .rule_id(RULE)
-        .stream(LOGS)
-        .credential(emu.credential())
-        .max_delay(Duration::from_millis(50))
+    emu.logs_builder(RULE, LOGS).max_delay(Duration::from_millis(50))
 }
 
 #[derive(Serialize)]

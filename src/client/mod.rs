@@ -93,88 +93,57 @@ impl fmt::Debug for LogsIngestionClient {
     }
 }
 
-/// Builds a [`LogsIngestionClient`]; see each method for its default.
-pub struct LogsIngestionClientBuilder {
-    endpoint: String,
-    credential: Arc<dyn TokenCredential>,
-    audience: Audience,
-    max_concurrency: usize,
-    retry: RetryPolicy,
-    request_timeout: Duration,
-    gzip_level: u32,
-    max_uncompressed: usize,
-    user_agent_suffix: Option<String>,
-    http: Option<reqwest::Client>,
+/// Client settings, shared by [`LogsIngestionClientBuilder`] and the pipeline's builder so the
+/// defaults and the checks live in one place.
+#[derive(Clone)]
+pub(crate) struct ClientSettings {
+    pub(crate) audience: Audience,
+    pub(crate) max_concurrency: usize,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) request_timeout: Duration,
+    pub(crate) gzip_level: u32,
+    pub(crate) max_uncompressed: usize,
+    pub(crate) user_agent_suffix: Option<String>,
+    pub(crate) http: Option<reqwest::Client>,
 }
 
-impl fmt::Debug for LogsIngestionClientBuilder {
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            audience: Audience::default(),
+            max_concurrency: 5,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(30),
+            gzip_level: 3,
+            max_uncompressed: MAX_BODY_BYTES,
+            user_agent_suffix: None,
+            http: None,
+        }
+    }
+}
+
+impl fmt::Debug for ClientSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogsIngestionClientBuilder")
-            .field("endpoint", &self.endpoint)
-            .field("credential", &self.credential)
+        f.debug_struct("ClientSettings")
             .field("audience", &self.audience)
             .field("max_concurrency", &self.max_concurrency)
             .field("retry", &self.retry)
+            .field("request_timeout", &self.request_timeout)
+            .field("gzip_level", &self.gzip_level)
+            .field("max_uncompressed", &self.max_uncompressed)
             .finish_non_exhaustive()
     }
 }
 
-impl LogsIngestionClientBuilder {
-    /// The cloud whose token audience to ask for. Default: Azure public cloud.
-    pub fn audience(mut self, audience: Audience) -> Self {
-        self.audience = audience;
-        self
-    }
-
-    /// Requests in flight at once per `upload` (and per pipeline). Default 5; at least 1.
-    pub fn max_concurrency(mut self, n: usize) -> Self {
-        self.max_concurrency = n;
-        self
-    }
-
-    /// How failed requests are retried. Default: [`RetryPolicy::default`].
-    pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Time limit of one HTTP attempt. Default 30 s.
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// gzip level, 0 (store) to 9 (smallest). Default 3: fast, and about 6.5x on log rows.
-    pub fn gzip_level(mut self, level: u32) -> Self {
-        self.gzip_level = level;
-        self
-    }
-
-    /// Cap on a batch's uncompressed JSON array, in bytes. Default 1,048,576 (the documented limit
-    /// applies to both the compressed and uncompressed size). It may be raised; the gzipped body is
-    /// kept at most 1,048,576 bytes whatever this is.
-    pub fn max_uncompressed_batch(mut self, bytes: usize) -> Self {
-        self.max_uncompressed = bytes;
-        self
-    }
-
-    /// Text appended to the `User-Agent` header.
-    pub fn user_agent_suffix(mut self, suffix: impl Into<String>) -> Self {
-        self.user_agent_suffix = Some(suffix.into());
-        self
-    }
-
-    /// The HTTP client to use (for proxies, custom roots, HTTP/2 settings). Default: see
-    /// [`default_http_client`]. Redirects should stay off: a redirect would carry the token.
-    pub fn http_client(mut self, client: reqwest::Client) -> Self {
-        self.http = Some(client);
-        self
-    }
-
-    /// Checks the settings and builds the client. Fails on a malformed endpoint, on plain `http://`
-    /// to anything but a loopback host, and on out-of-range options.
-    pub fn build(self) -> Result<LogsIngestionClient, ConfigError> {
-        let endpoint = parse_endpoint(&self.endpoint)?;
+impl ClientSettings {
+    /// Checks the settings and builds the client. Fails on a malformed endpoint, on plain
+    /// `http://` to anything but a loopback host, and on out-of-range options.
+    pub(crate) fn build(
+        self,
+        endpoint: &str,
+        credential: Arc<dyn TokenCredential>,
+    ) -> Result<LogsIngestionClient, ConfigError> {
+        let endpoint = parse_endpoint(endpoint)?;
         if self.max_concurrency == 0 {
             return Err(invalid("max_concurrency", "must be at least 1"));
         }
@@ -207,7 +176,7 @@ impl LogsIngestionClientBuilder {
             inner: Arc::new(Inner {
                 endpoint,
                 http,
-                tokens: TokenCache::new(self.credential, self.audience.scope().to_owned()),
+                tokens: TokenCache::new(credential, self.audience.scope().to_owned()),
                 max_concurrency: self.max_concurrency,
                 retry: self.retry,
                 request_timeout: self.request_timeout,
@@ -217,6 +186,82 @@ impl LogsIngestionClientBuilder {
                 counters: Counters::default(),
             }),
         })
+    }
+}
+
+/// Builds a [`LogsIngestionClient`]; see each method for its default.
+pub struct LogsIngestionClientBuilder {
+    endpoint: String,
+    credential: Arc<dyn TokenCredential>,
+    settings: ClientSettings,
+}
+
+impl fmt::Debug for LogsIngestionClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogsIngestionClientBuilder")
+            .field("endpoint", &self.endpoint)
+            .field("credential", &self.credential)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl LogsIngestionClientBuilder {
+    /// The cloud whose token audience to ask for. Default: Azure public cloud.
+    pub fn audience(mut self, audience: Audience) -> Self {
+        self.settings.audience = audience;
+        self
+    }
+
+    /// Requests in flight at once per `upload`. Default 5; at least 1.
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.settings.max_concurrency = n;
+        self
+    }
+
+    /// How failed requests are retried. Default: [`RetryPolicy::default`].
+    pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.settings.retry = retry;
+        self
+    }
+
+    /// Time limit of one HTTP attempt. Default 30 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.request_timeout = timeout;
+        self
+    }
+
+    /// gzip level, 0 (store) to 9 (smallest). Default 3: fast, and about 6.5x on log rows.
+    pub fn gzip_level(mut self, level: u32) -> Self {
+        self.settings.gzip_level = level;
+        self
+    }
+
+    /// Cap on a batch's uncompressed JSON array, in bytes. Default 1,048,576 (the documented limit
+    /// applies to both the compressed and uncompressed size). It may be raised; the gzipped body is
+    /// kept at most 1,048,576 bytes whatever this is.
+    pub fn max_uncompressed_batch(mut self, bytes: usize) -> Self {
+        self.settings.max_uncompressed = bytes;
+        self
+    }
+
+    /// Text appended to the `User-Agent` header.
+    pub fn user_agent_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.settings.user_agent_suffix = Some(suffix.into());
+        self
+    }
+
+    /// The HTTP client to use (for proxies, custom roots, HTTP/2 settings). Default: see
+    /// [`default_http_client`]. Redirects should stay off: a redirect would carry the token.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.settings.http = Some(client);
+        self
+    }
+
+    /// Checks the settings and builds the client. Fails on a malformed endpoint, on plain `http://`
+    /// to anything but a loopback host, and on out-of-range options.
+    pub fn build(self) -> Result<LogsIngestionClient, ConfigError> {
+        self.settings.build(&self.endpoint, self.credential)
     }
 }
 
@@ -331,14 +376,7 @@ impl LogsIngestionClient {
         LogsIngestionClientBuilder {
             endpoint: endpoint.into(),
             credential,
-            audience: Audience::default(),
-            max_concurrency: 5,
-            retry: RetryPolicy::default(),
-            request_timeout: Duration::from_secs(30),
-            gzip_level: 3,
-            max_uncompressed: MAX_BODY_BYTES,
-            user_agent_suffix: None,
-            http: None,
+            settings: ClientSettings::default(),
         }
     }
 

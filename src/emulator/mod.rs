@@ -192,6 +192,22 @@ impl Emulator {
         self.credential.clone()
     }
 
+    /// A [`LogsIngestionClient`](crate::LogsIngestionClient) builder pointed at this emulator,
+    /// with its credential.
+    pub fn client(&self) -> crate::client::LogsIngestionClientBuilder {
+        crate::LogsIngestionClient::builder(self.endpoint(), self.credential())
+    }
+
+    /// A pipeline builder pointed at this emulator, with its credential, shipping to `stream` of
+    /// `rule_id`: the layer, tables and log bridge then deliver here.
+    pub fn logs_builder(&self, rule_id: &str, stream: &str) -> crate::AzureLogsBuilder {
+        crate::AzureLogs::builder()
+            .endpoint(self.endpoint())
+            .rule_id(rule_id)
+            .stream(stream)
+            .credential(self.credential())
+    }
+
     /// How many times the credential's `get_token` was called.
     pub fn token_requests(&self) -> u64 {
         self.shared.token_requests.load(Ordering::Relaxed)

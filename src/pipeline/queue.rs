@@ -92,6 +92,20 @@ impl Queue {
         self.closed.load(Ordering::Relaxed)
     }
 
+    /// Whether a producer should encode a row now. Not on the pipeline's own worker thread: the
+    /// HTTP stack's events and records there never re-enter the pipeline. Not after shutdown: the
+    /// row is counted as dropped.
+    pub(crate) fn admit(&self) -> bool {
+        if super::worker::in_worker() {
+            return false;
+        }
+        if self.is_closed() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
     }
