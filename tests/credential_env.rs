@@ -86,4 +86,41 @@ fn selection_order_and_errors() {
     set("IDENTITY_HEADER", Some("x"));
     let text = format!("{:?}", credential_from_env().unwrap());
     assert!(text.contains("managed identity"), "{text}");
+
+    // The pipeline's settings from the environment: every missing variable is named.
+    for name in [
+        "AZURE_DCE_ENDPOINT",
+        "AZURE_DCR_RULE_ID",
+        "AZURE_DCR_STREAM_NAME",
+        "AZURE_LOGS_EMULATOR_TOKEN",
+    ] {
+        set(name, None);
+    }
+    set("AZURE_DCR_RULE_ID", Some("dcr-1"));
+    let err = tracing_azure_logs::AzureLogsBuilder::from_env()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "missing environment variable(s): AZURE_DCE_ENDPOINT, AZURE_DCR_STREAM_NAME"
+    );
+    let err = tracing_azure_logs::try_init().unwrap_err().to_string();
+    assert!(err.contains("AZURE_DCE_ENDPOINT"), "{err}");
+
+    // With the emulator's token in AZURE_LOGS_EMULATOR_TOKEN, from_env ships to the emulator.
+    let emu = tracing_azure_logs::emulator::Emulator::start().unwrap();
+    set("AZURE_DCE_ENDPOINT", Some(&emu.endpoint()));
+    set("AZURE_DCR_STREAM_NAME", Some("Custom-Env_CL"));
+    set("AZURE_LOGS_EMULATOR_TOKEN", emu.token().as_deref());
+    let (_layer, guard) = tracing_azure_logs::AzureLogsBuilder::from_env()
+        .unwrap()
+        .build()
+        .unwrap();
+    guard
+        .table::<serde_json::Value>("Custom-Env_CL")
+        .send(&serde_json::json!({"a": 1}))
+        .unwrap();
+    assert!(guard.flush_timeout(Duration::from_secs(20)).completed);
+    assert_eq!(emu.row_count("Custom-Env_CL"), 1);
+    assert!(emu.requests()[0].authorized);
 }
