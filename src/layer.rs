@@ -80,10 +80,66 @@ impl FieldSink for &mut SpanFields {
 }
 
 thread_local! {
-    /// Per-thread scratch for the message field.
-    static MESSAGE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread scratch: the message field, and the parts of rows that depend only on the
+    /// callsite (and this thread), encoded once.
+    static LOCAL: RefCell<Local> = const { RefCell::new(Local { message: Vec::new(), callsites: Vec::new() }) };
     /// The thread's name (or id) as a JSON string, encoded on first use.
     static THREAD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Local {
+    message: Vec<u8>,
+    /// A direct-mapped cache of [`CALLSITE_SLOTS`] entries, allocated on first use.
+    callsites: Vec<Callsite>,
+}
+
+const CALLSITE_SLOTS: usize = 512;
+
+/// The pre-encoded parts of rows from one callsite, for one row shape, on one thread.
+#[derive(Default)]
+struct Callsite {
+    meta: usize,
+    shape: u64,
+    /// `,"Level":"INFO","Target":"app::http"` and the static columns.
+    head: Vec<u8>,
+    /// `,"File":"src/main.rs","Line":12,"Thread":"main"}`.
+    tail: Vec<u8>,
+    /// `"name":` for each field of the callsite, by field index.
+    keys: Vec<Vec<u8>>,
+}
+
+/// The cached parts for `meta` and `shape`, encoded on a miss (first use, or a slot collision),
+/// reusing the slot's buffers.
+fn cached<'a>(callsites: &'a mut Vec<Callsite>, shape: &RowShape, meta: &'static Metadata<'static>) -> &'a Callsite {
+    if callsites.is_empty() {
+        callsites.resize_with(CALLSITE_SLOTS, Callsite::default);
+    }
+    let (meta_id, shape_id) = (meta as *const Metadata<'static> as usize, shape.id);
+    let slot = (meta_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55) % CALLSITE_SLOTS;
+    let entry = &mut callsites[slot];
+    if entry.meta != meta_id || entry.shape != shape_id {
+        entry.meta = meta_id;
+        entry.shape = shape_id;
+        entry.head.clear();
+        write_head(shape, &mut entry.head, meta.level(), meta.target());
+        entry.tail.clear();
+        write_tail(shape, &mut entry.tail, meta.file(), meta.line());
+        entry.keys.resize_with(meta.fields().len(), Vec::new);
+        for (field, key) in meta.fields().iter().zip(&mut entry.keys) {
+            key.clear();
+            write_str(key, field.name());
+            key.push(b':');
+        }
+    }
+    entry
+}
+
+/// Appends pre-encoded members that start with a comma, dropping it right after `{`.
+fn append_members(row: &mut Vec<u8>, members: &[u8]) {
+    match members.split_first() {
+        Some((b',', rest)) if row.last() == Some(&b'{') => row.extend_from_slice(rest),
+        _ => row.extend_from_slice(members),
+    }
 }
 
 impl<S> tracing_subscriber::Layer<S> for AzureLogsLayer
@@ -125,20 +181,29 @@ where
         let stream = self.routes.stream_for(meta.target(), event);
 
         let mut row = queue.buffer();
-        let encoded = MESSAGE.try_with(|message| match message.try_borrow_mut() {
-            Ok(mut message) => self.encode_event(&mut row, &mut message, event, meta, from_log, &ctx),
-            // Re-entered (an event emitted while formatting a field): use fresh scratch.
-            Err(_) => self.encode_event(&mut row, &mut Vec::new(), event, meta, from_log, &ctx),
-        });
-        if encoded.is_err() {
-            // The thread is exiting and its locals are gone.
-            self.encode_event(&mut row, &mut Vec::new(), event, meta, from_log, &ctx);
+        let cached_path = !from_log
+            && LOCAL
+                .try_with(|local| {
+                    // Already borrowed: an event emitted while this thread formats a field.
+                    let Ok(mut local) = local.try_borrow_mut() else {
+                        return false;
+                    };
+                    let Local { message, callsites } = &mut *local;
+                    let callsite = cached(callsites, &self.shape, event.metadata());
+                    self.encode_event(&mut row, message, event, meta, false, Some(callsite), &ctx);
+                    true
+                })
+                .unwrap_or(false);
+        if !cached_path {
+            // `log` records (their metadata is not static), re-entrant events, exiting threads.
+            self.encode_event(&mut row, &mut Vec::new(), event, meta, from_log, None, &ctx);
         }
         queue.push(stream, row);
     }
 }
 
 impl AzureLogsLayer {
+    #[allow(clippy::too_many_arguments)]
     fn encode_event<S>(
         &self,
         row: &mut Vec<u8>,
@@ -146,13 +211,20 @@ impl AzureLogsLayer {
         event: &Event<'_>,
         meta: &Metadata<'_>,
         from_log: bool,
+        callsite: Option<&Callsite>,
         ctx: &Context<'_, S>,
     ) where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
         let shape = &*self.shape;
-        begin_row(shape, row, meta.level(), meta.target());
+        row.push(b'{');
+        write_time_column(shape, row);
+        match callsite {
+            Some(c) => append_members(row, &c.head),
+            None => write_head(shape, row, meta.level(), meta.target()),
+        }
         message.clear();
+        let keys = callsite.map(|c| c.keys.as_slice());
         match &shape.properties {
             Some(k) => {
                 key(row, k);
@@ -161,6 +233,7 @@ impl AzureLogsLayer {
                     out: Some(row),
                     message,
                     skip_log_fields: from_log,
+                    keys,
                 }));
                 row.push(b'}');
             }
@@ -168,6 +241,7 @@ impl AzureLogsLayer {
                 out: None,
                 message,
                 skip_log_fields: from_log,
+                keys,
             })),
         }
         if let Some(k) = &shape.message {
@@ -193,12 +267,15 @@ impl AzureLogsLayer {
             }
             row.push(b']');
         }
-        end_row(shape, row, meta.file(), meta.line());
+        match callsite {
+            Some(c) => append_members(row, &c.tail),
+            None => write_tail(shape, row, meta.file(), meta.line()),
+        }
     }
 }
 
 /// The columns every row ends with (file, line, thread) and the closing `}`.
-pub(crate) fn end_row(shape: &RowShape, row: &mut Vec<u8>, file: Option<&str>, line: Option<u32>) {
+pub(crate) fn write_tail(shape: &RowShape, row: &mut Vec<u8>, file: Option<&str>, line: Option<u32>) {
     if let (Some(k), Some(file)) = (&shape.file, file) {
         key(row, k);
         write_str(row, file);
@@ -237,10 +314,19 @@ fn write_thread(shape: &RowShape, row: &mut Vec<u8>) {
 /// `{` and the columns every row starts with: time, level, target, static columns.
 pub(crate) fn begin_row(shape: &RowShape, row: &mut Vec<u8>, level: &Level, target: &str) {
     row.push(b'{');
+    write_time_column(shape, row);
+    write_head(shape, row, level, target);
+}
+
+fn write_time_column(shape: &RowShape, row: &mut Vec<u8>) {
     if let Some(k) = &shape.time_generated {
         key(row, k);
         write_time(row, SystemTime::now());
     }
+}
+
+/// Level, target and the static columns, each after a comma unless `row` ends with `{`.
+fn write_head(shape: &RowShape, row: &mut Vec<u8>, level: &Level, target: &str) {
     if let Some(k) = &shape.level {
         key(row, k);
         row.extend_from_slice(match *level {
@@ -288,5 +374,5 @@ pub(crate) fn encode_diagnostic(shape: &RowShape, row: &mut Vec<u8>, dropped: u6
         key(row, k);
         row.extend_from_slice(b"[]");
     }
-    end_row(shape, row, None, None);
+    write_tail(shape, row, None, None);
 }

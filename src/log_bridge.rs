@@ -30,7 +30,7 @@ use log::kv::{Error as KvError, Key, Value, VisitSource, VisitValue};
 use log::{LevelFilter, Metadata, Record};
 
 use crate::config::{AzureLogsBuilder, InitError};
-use crate::layer::{begin_row, end_row};
+use crate::layer::{begin_row, write_tail};
 use crate::pipeline::AzureLogsGuard;
 use crate::pipeline::queue::Queue;
 use crate::route::Routes;
@@ -135,7 +135,7 @@ fn encode_record(shape: &RowShape, row: &mut Vec<u8>, record: &Record<'_>, targe
         key(row, k);
         row.extend_from_slice(b"[]");
     }
-    end_row(shape, row, record.file(), record.line());
+    write_tail(shape, row, record.file(), record.line());
 }
 
 struct KeyValues<'a> {

@@ -108,6 +108,8 @@ impl Columns {
 /// [`Columns`] with every key pre-encoded as `"Name":`, ready for the hot path.
 #[derive(Debug)]
 pub(crate) struct RowShape {
+    /// Unique per shape, for caches keyed on it (an address could be reused after a free).
+    pub(crate) id: u64,
     pub(crate) time_generated: Option<Box<[u8]>>,
     pub(crate) level: Option<Box<[u8]>>,
     pub(crate) target: Option<Box<[u8]>>,
@@ -140,7 +142,9 @@ impl RowShape {
             statics.push(b':');
             serde_json::to_writer(&mut statics, value).expect("a Value always serializes");
         }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         RowShape {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             time_generated: key(&columns.time_generated),
             level: key(&columns.level),
             target: key(&columns.target),
@@ -165,7 +169,16 @@ pub(crate) fn key(out: &mut Vec<u8>, encoded_key: &[u8]) {
 }
 
 /// Writes `s` as a JSON string, cut to [`MAX_FIELD_BYTES`].
+#[inline]
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Fast path: most keys and values are short and need no escaping.
+    if s.len() <= MAX_FIELD_BYTES - TRUNCATED.len() && is_clean(s.as_bytes()) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     out.push(b'"');
     let mut w = Escaper::new(out);
     w.push(s);
@@ -231,10 +244,49 @@ impl fmt::Write for Escaper<'_> {
     }
 }
 
+/// Whether any byte of `word` is a control character, `"` or `\\`: the bytes JSON escapes.
+#[inline]
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    (control | has_zero(word ^ (ONES * u64::from(b'"'))) | has_zero(word ^ (ONES * u64::from(b'\\')))) != 0
+}
+
+/// Whether `bytes` has nothing JSON escapes, eight bytes at a time.
+#[inline]
+fn is_clean(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        if needs_escape(u64::from_le_bytes(chunk.try_into().expect("8 bytes"))) {
+            return false;
+        }
+    }
+    // The tail, padded with a byte that needs no escaping.
+    let tail = chunks.remainder();
+    let mut word = [b'a'; 8];
+    word[..tail.len()].copy_from_slice(tail);
+    !needs_escape(u64::from_le_bytes(word))
+}
+
 fn escape_into(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    // Most text needs no escaping: skip it eight bytes at a time, then copy it in one go.
+    let mut clean = 0;
+    while clean + 8 <= bytes.len() {
+        let word = u64::from_le_bytes(bytes[clean..clean + 8].try_into().expect("8 bytes"));
+        if needs_escape(word) {
+            break;
+        }
+        clean += 8;
+    }
+    if clean == bytes.len() {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let escaped: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -264,6 +316,9 @@ pub(crate) fn write_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
 
 /// Writes a float; NaN and infinities become `null`.
 pub(crate) fn write_f64(out: &mut Vec<u8>, value: f64) {
+    if write_short_decimal(out, value) {
+        return;
+    }
     if value.is_finite() {
         out.extend_from_slice(ryu::Buffer::new().format_finite(value).as_bytes());
     } else {
@@ -271,15 +326,72 @@ pub(crate) fn write_f64(out: &mut Vec<u8>, value: f64) {
     }
 }
 
+/// Writes the common case of a float, a decimal with at most six fractional digits (`12.5`,
+/// `0.25`, `3.0`), with integer arithmetic; returns false to leave other values to ryu. The text
+/// reads back as exactly `value`: `m / 10^k == value` is checked, and with `m < 2^53` both
+/// operands are exact, so the division is the correctly rounded value of the decimal.
+fn write_short_decimal(out: &mut Vec<u8>, value: f64) -> bool {
+    const POW10: [f64; 7] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
+    let magnitude = value.abs();
+    if !(1e-6..1e9).contains(&magnitude) && magnitude != 0.0 {
+        return false;
+    }
+    for (k, &p) in POW10.iter().enumerate() {
+        let m = (magnitude * p).round();
+        if m / p == magnitude && m < 9_007_199_254_740_992.0 {
+            let m = m as u64;
+            let p = p as u64;
+            if value.is_sign_negative() && magnitude != 0.0 {
+                out.push(b'-');
+            }
+            write_int(out, m / p);
+            out.push(b'.');
+            if k == 0 {
+                out.push(b'0');
+            } else {
+                let mut digits = itoa::Buffer::new();
+                let frac = digits.format(m % p);
+                out.extend(std::iter::repeat_n(b'0', k - frac.len()));
+                out.extend_from_slice(frac.as_bytes());
+            }
+            return true;
+        }
+    }
+    false
+}
+
 /// Writes `t` as a JSON string, RFC 3339 UTC with microseconds: `"2026-11-22T10:00:00.123456Z"`.
 pub(crate) fn write_time(out: &mut Vec<u8>, t: SystemTime) {
     out.extend_from_slice(&time_json(t));
+}
+
+thread_local! {
+    /// The last second formatted on this thread: most events share it with the one before.
+    static LAST_SECOND: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((u64::MAX, [0; 29])) };
 }
 
 /// `t` as a JSON string, RFC 3339 UTC with microseconds, quotes included.
 pub(crate) fn time_json(t: SystemTime) -> [u8; 29] {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    let mut buf = match LAST_SECOND.try_with(std::cell::Cell::get) {
+        Ok((cached, buf)) if cached == secs => buf,
+        _ => {
+            let buf = format_second(secs);
+            let _ = LAST_SECOND.try_with(|last| last.set((secs, buf)));
+            buf
+        }
+    };
+    let mut micros = since.subsec_micros();
+    for i in (21..27).rev() {
+        buf[i] = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    buf
+}
+
+/// `"YYYY-MM-DDTHH:MM:SS.000000Z"` for a Unix second.
+fn format_second(secs: u64) -> [u8; 29] {
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let sod = secs % 86_400;
     let mut buf = *b"\"0000-00-00T00:00:00.000000Z\"";
@@ -295,7 +407,6 @@ pub(crate) fn time_json(t: SystemTime) -> [u8; 29] {
     put(12, 2, sod / 3600);
     put(15, 2, sod / 60 % 60);
     put(18, 2, sod % 60);
-    put(21, 6, u64::from(since.subsec_micros()));
     buf
 }
 
@@ -328,6 +439,8 @@ pub(crate) struct EventFields<'a> {
     pub(crate) out: Option<&'a mut Vec<u8>>,
     pub(crate) message: &'a mut Vec<u8>,
     pub(crate) skip_log_fields: bool,
+    /// Pre-encoded `"name":` keys by field index, when cached for the callsite.
+    pub(crate) keys: Option<&'a [Vec<u8>]>,
 }
 
 impl FieldSink for EventFields<'_> {
@@ -341,7 +454,10 @@ impl FieldSink for EventFields<'_> {
             return None;
         }
         let out = self.out.as_deref_mut()?;
-        key_str(out, name);
+        match self.keys.and_then(|keys| keys.get(field.index())) {
+            Some(encoded) => key(out, encoded),
+            None => key_str(out, name),
+        }
         Some(out)
     }
 }
@@ -461,6 +577,83 @@ mod tests {
         let mut out = Vec::new();
         write_fmt(&mut out, format_args!("{:?}", "x".repeat(MAX_FIELD_BYTES * 2)));
         assert!(as_json(&out).as_str().unwrap().len() <= MAX_FIELD_BYTES);
+    }
+
+    #[test]
+    fn word_scan_finds_exactly_the_bytes_json_escapes() {
+        for b in 0..=255u8 {
+            for at in 0..8 {
+                let mut word = *b"abcdefgh";
+                word[at] = b;
+                let expected = b < 0x20 || b == b'"' || b == b'\\';
+                assert_eq!(needs_escape(u64::from_le_bytes(word)), expected, "byte {b:#x} at {at}");
+            }
+        }
+        // Long clean text, then text dirty only in its tail, round-trip.
+        for text in [
+            "x".repeat(64),
+            format!("{}\"{}", "y".repeat(17), "z".repeat(3)),
+            "é\n".repeat(9),
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, &text);
+            assert_eq!(as_json(&out), Value::String(text));
+        }
+    }
+
+    #[test]
+    fn times_within_one_second_reuse_the_prefix() {
+        let base = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        for micros in [0u64, 7, 999_999] {
+            let t = base + Duration::from_micros(micros);
+            let text = String::from_utf8(time_json(t).to_vec()).unwrap();
+            assert_eq!(text, format!("\"2026-11-18T11:06:40.{micros:06}Z\""));
+        }
+    }
+
+    #[test]
+    fn short_decimals_read_back_exactly_like_ryu() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut values = vec![
+            0.0,
+            -0.0,
+            12.5,
+            0.25,
+            3.0,
+            -7.125,
+            0.1,
+            0.3,
+            1e-6,
+            999_999_999.5,
+            123.456789,
+            1e9,
+            5e-7,
+        ];
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let cents = (state % 10_000_000) as f64 / 100.0;
+            values.push(cents);
+            values.push(-cents / 7.0);
+            values.push(f64::from_bits(state));
+        }
+        for v in values {
+            let mut out = Vec::new();
+            write_f64(&mut out, v);
+            let text = std::str::from_utf8(&out).unwrap();
+            if !v.is_finite() {
+                assert_eq!(text, "null");
+                continue;
+            }
+            let back: f64 = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(
+                back.to_bits(),
+                if v == 0.0 { 0.0f64.to_bits() } else { v.to_bits() },
+                "{v} -> {text}"
+            );
+            assert!(text.contains('.') || text.contains('e'), "{text} must stay a float");
+        }
     }
 
     #[test]

@@ -428,3 +428,39 @@ fn missing_settings_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn one_callsite_on_one_thread_through_two_differently_shaped_pipelines() {
+    fn emit(n: u32) {
+        tracing::info!(n, "same callsite");
+    }
+    let emu = Emulator::start().unwrap();
+    let (first, first_guard) = pipeline(&emu).build().unwrap();
+    let (second, second_guard) = emu
+        .logs_builder(RULE, "Custom-Second_CL")
+        .rename_column(Column::Level, "Severity")
+        .drop_column(Column::File)
+        .static_column("Pipeline", "second")
+        .build()
+        .unwrap();
+    for round in 0..2 {
+        tracing::dispatcher::with_default(&dispatch(first.clone()), || emit(round));
+        tracing::dispatcher::with_default(&dispatch(second.clone()), || emit(round));
+    }
+    assert!(first_guard.flush_timeout(WAIT).completed && second_guard.flush_timeout(WAIT).completed);
+    for row in emu.rows(STREAM) {
+        assert!(
+            row.get("Level").is_some() && row.get("File").is_some() && row.get("Pipeline").is_none(),
+            "{row}"
+        );
+    }
+    let second_rows = emu.rows("Custom-Second_CL");
+    assert_eq!(second_rows.len(), 2);
+    for row in second_rows {
+        assert!(
+            row.get("Severity").is_some() && row.get("Level").is_none() && row.get("File").is_none(),
+            "{row}"
+        );
+        assert_eq!(row["Pipeline"], "second");
+    }
+}

@@ -157,9 +157,8 @@ impl AzureLogsGuard {
     }
 
     fn flush_within(&self, timeout: Option<Duration>) -> FlushReport {
-        let target = self.shared.counters.enqueued.load(Ordering::Acquire);
         let (reply, done) = crossbeam_channel::bounded(1);
-        let completed = self.control.send(Control::Flush { target, reply }).is_ok()
+        let completed = self.control.send(Control::Flush { reply }).is_ok()
             && match timeout {
                 Some(t) => done.recv_timeout(t).is_ok(),
                 None => done.recv().is_ok(),
@@ -221,7 +220,7 @@ impl StatsHandle {
         let c = &self.shared.counters;
         let client = self.client.counters();
         Stats {
-            enqueued: c.enqueued.load(Ordering::Acquire),
+            enqueued: self.shared.enqueued(),
             dropped: c.dropped.load(Ordering::Relaxed),
             sent: c.sent.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 
 /// Buffers larger than this are not kept for reuse (one huge event must not pin memory).
-const MAX_POOLED_CAPACITY: usize = 16 * 1024;
+const MAX_POOLED_CAPACITY: usize = 2 * 1024;
+/// Buffers kept for reuse at most: enough for several worker ticks at a million events per second,
+/// and at most 32 MiB even if every one grew to the largest pooled size.
+const MAX_POOLED_BUFFERS: usize = 16 * 1024;
 const FRESH_CAPACITY: usize = 512;
 
 /// What a producer does when the queue is full.
@@ -31,7 +34,8 @@ pub(crate) struct Queued {
 /// Counters that producers and the worker update.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) enqueued: AtomicU64,
+    /// Rows the worker has taken off the queue (only the worker writes it).
+    pub(crate) taken: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) sent: AtomicU64,
     pub(crate) failed: AtomicU64,
@@ -42,9 +46,9 @@ pub(crate) struct Counters {
 pub(crate) struct Queue {
     rows: ArrayQueue<Queued>,
     free: ArrayQueue<Vec<u8>>,
+    /// Capacity of the queued rows' buffers: what they really occupy.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
-    pooled_bytes: AtomicUsize,
     policy: FullPolicy,
     closed: AtomicBool,
     pub(crate) counters: Counters,
@@ -54,10 +58,9 @@ impl Queue {
     pub(crate) fn new(max_rows: usize, max_bytes: usize, policy: FullPolicy) -> Self {
         Queue {
             rows: ArrayQueue::new(max_rows.max(1)),
-            free: ArrayQueue::new(max_rows.max(1)),
+            free: ArrayQueue::new(max_rows.clamp(1, MAX_POOLED_BUFFERS)),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
-            pooled_bytes: AtomicUsize::new(0),
             policy,
             closed: AtomicBool::new(false),
             counters: Counters::default(),
@@ -66,24 +69,14 @@ impl Queue {
 
     /// An empty buffer, reused when one is free.
     pub(crate) fn buffer(&self) -> Vec<u8> {
-        match self.free.pop() {
-            Some(buf) => {
-                self.pooled_bytes.fetch_sub(buf.capacity(), Ordering::Relaxed);
-                buf
-            }
-            None => Vec::with_capacity(FRESH_CAPACITY),
-        }
+        self.free.pop().unwrap_or_else(|| Vec::with_capacity(FRESH_CAPACITY))
     }
 
-    /// Hands an emptied buffer back for reuse, unless it is oversized or the pool holds enough.
+    /// Hands an emptied buffer back for reuse, unless it is oversized or the pool is full.
     pub(crate) fn recycle(&self, mut buf: Vec<u8>) {
-        let capacity = buf.capacity();
-        if capacity > MAX_POOLED_CAPACITY || self.pooled_bytes.load(Ordering::Relaxed) + capacity > self.max_bytes {
-            return;
-        }
-        buf.clear();
-        if self.free.push(buf).is_ok() {
-            self.pooled_bytes.fetch_add(capacity, Ordering::Relaxed);
+        if buf.capacity() <= MAX_POOLED_CAPACITY {
+            buf.clear();
+            let _ = self.free.push(buf);
         }
     }
 
@@ -116,20 +109,18 @@ impl Queue {
         if self.is_closed() {
             return self.drop_row(json);
         }
-        let len = json.len();
+        let charge = json.capacity();
         let mut item = Queued { stream, json };
         let mut deadline = None;
         loop {
-            if self.queued_bytes.load(Ordering::Relaxed) + len <= self.max_bytes {
+            // Reserve the bytes first (one atomic add), give them back if the row does not go in.
+            if self.queued_bytes.fetch_add(charge, Ordering::Relaxed) + charge <= self.max_bytes {
                 match self.rows.push(item) {
-                    Ok(()) => {
-                        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-                        self.counters.enqueued.fetch_add(1, Ordering::Release);
-                        return true;
-                    }
+                    Ok(()) => return true,
                     Err(back) => item = back,
                 }
             }
+            self.queued_bytes.fetch_sub(charge, Ordering::Relaxed);
             let FullPolicy::Block(wait) = self.policy else {
                 return self.drop_row(item.json);
             };
@@ -147,10 +138,20 @@ impl Queue {
         false
     }
 
+    /// Rows enqueued so far: taken by the worker, or still queued.
+    pub(crate) fn enqueued(&self) -> u64 {
+        self.counters.taken.load(Ordering::Acquire) + self.rows.len() as u64
+    }
+
+    /// Rows in the queue now.
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
     /// The next row, for the worker.
     pub(crate) fn pop(&self) -> Option<Queued> {
         let item = self.rows.pop()?;
-        self.queued_bytes.fetch_sub(item.json.len(), Ordering::Relaxed);
+        self.queued_bytes.fetch_sub(item.json.capacity(), Ordering::Relaxed);
         Some(item)
     }
 }
@@ -166,17 +167,19 @@ mod tests {
         assert!(q.push(0, b"{}".to_vec()));
         assert!(!q.push(0, b"{}".to_vec()));
         assert_eq!(q.counters.dropped.load(Ordering::Relaxed), 1);
-        assert_eq!(q.counters.enqueued.load(Ordering::Relaxed), 2);
+        assert_eq!(q.enqueued(), 2);
         assert!(q.pop().is_some());
         assert!(q.push(0, b"{}".to_vec()));
     }
 
     #[test]
-    fn byte_cap_drops_before_the_row_cap() {
+    fn byte_cap_counts_buffer_capacity_and_drops_before_the_row_cap() {
         let q = Queue::new(100, 10, FullPolicy::DropNewest);
-        assert!(q.push(0, vec![b'x'; 6]));
-        assert!(!q.push(0, vec![b'x'; 6]));
-        assert!(q.push(0, vec![b'x'; 4]));
+        assert!(q.push(0, Vec::with_capacity(6)));
+        assert!(!q.push(0, Vec::with_capacity(6)));
+        assert!(q.push(0, Vec::with_capacity(4)));
+        assert!(q.pop().is_some());
+        assert!(q.push(0, Vec::with_capacity(6)), "popping gave the bytes back");
     }
 
     #[test]
@@ -185,8 +188,7 @@ mod tests {
         assert!(q.push(0, b"{}".to_vec()));
         let q2 = q.clone();
         let popper = std::thread::spawn(move || {
-            // Frees the slot once the producer is waiting on it.
-            while q2.counters.enqueued.load(Ordering::Acquire) < 1 {}
+            // Frees the slot, whenever the producer is waiting on it.
             let deadline = Instant::now() + Duration::from_secs(5);
             while q2.pop().is_none() && Instant::now() < deadline {}
         });

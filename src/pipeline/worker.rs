@@ -43,8 +43,8 @@ pub(crate) fn in_worker() -> bool {
 
 /// Messages from the guard and from handles.
 pub(crate) enum Control {
-    /// Settle every row counted in `enqueued` up to `target`, then reply.
-    Flush { target: u64, reply: Sender<()> },
+    /// Settle every row enqueued before this message was sent, then reply.
+    Flush { reply: Sender<()> },
     /// Stop: abandon what is not sent, then reply.
     Shutdown { reply: Sender<()> },
 }
@@ -174,8 +174,11 @@ impl Worker {
         loop {
             while let Ok(message) = control.try_recv() {
                 match message {
-                    Control::Flush { target, reply } => self.flushes.push(PendingFlush {
-                        target,
+                    // The worker is the only consumer, so nothing is taken while this is computed:
+                    // every row pushed before the flush is either taken already or still queued
+                    // (rows pushed since may be counted too; they are queued, so it cannot hang).
+                    Control::Flush { reply } => self.flushes.push(PendingFlush {
+                        target: self.taken + self.queue.len() as u64,
                         mark: None,
                         reply,
                     }),
@@ -208,6 +211,7 @@ impl Worker {
                 None => match self.queue.pop() {
                     Some(row) => {
                         self.taken += 1;
+                        self.queue.counters.taken.store(self.taken, Ordering::Release);
                         row
                     }
                     None => return,
@@ -486,8 +490,10 @@ impl Worker {
         let mut queued = u64::from(self.stash.take().is_some());
         while let Some(row) = self.queue.pop() {
             queued += 1;
+            self.taken += 1;
             self.queue.recycle(row.json);
         }
+        self.queue.counters.taken.store(self.taken, Ordering::Release);
         if queued > 0 {
             self.fail_rows(queued, None, reason("the rows were still queued"));
         }
