@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 
 /// Buffers larger than this are not kept for reuse (one huge event must not pin memory).
-const MAX_POOLED_CAPACITY: usize = 2 * 1024;
-/// Buffers kept for reuse at most: enough for several worker ticks at a million events per second,
-/// and at most 32 MiB even if every one grew to the largest pooled size.
-const MAX_POOLED_BUFFERS: usize = 16 * 1024;
+const MAX_POOLED_CAPACITY: usize = 1024;
+/// Buffers kept for reuse at most: enough for bursts of tens of thousands of events between two
+/// worker ticks, and at most 32 MiB even if every one grew to the largest pooled size. Rows over
+/// 1 KiB allocate their buffer each time.
+const MAX_POOLED_BUFFERS: usize = 32 * 1024;
 const FRESH_CAPACITY: usize = 512;
 
 /// What a producer does when the queue is full.
