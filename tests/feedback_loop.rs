@@ -1,7 +1,11 @@
 //! With everything at TRACE and the layer installed globally (plus the `log` bridge), the HTTP
-//! stack's own events during uploads never reach the emulator: only what the application emitted.
+//! stack's own events during uploads and token fetches (reqwest, hyper, azure_core's pipeline,
+//! azure_identity; rustls too, when its `log` output is compiled in) never reach the emulator:
+//! only what the application emitted. Checked to fail with the protections disabled.
 //! One test per binary, since it installs global state.
 #![cfg(feature = "emulator")]
+
+mod common;
 
 use std::time::Duration;
 
@@ -10,9 +14,16 @@ use tracing_subscriber::prelude::*;
 
 #[test]
 fn trace_level_http_stack_events_never_reach_the_emulator() {
-    let emu = Emulator::start().unwrap();
+    // The token comes from a real ClientSecretCredential over TLS, so the worker thread also runs
+    // rustls and azure_core while it ships.
+    let entra = common::QuietEntra::start("token-for-loop");
+    let http = entra.entra.http_client();
+    let credential = entra.entra.client_secret_credential(&http, "loop-secret");
+    let emu = Emulator::builder().token("token-for-loop").start().unwrap();
     let (layer, guard) = emu
         .logs_builder("dcr-loop", "Custom-Loop_CL")
+        .credential(credential)
+        .http_client(http)
         .max_delay(Duration::from_millis(20))
         .build()
         .unwrap();
@@ -44,4 +55,9 @@ fn trace_level_http_stack_events_never_reach_the_emulator() {
     );
     assert_eq!(rows.len(), 200 + 10, "exactly what the application emitted");
     assert_eq!(report.stats.sent, 210);
+    assert_eq!(
+        entra.entra.requests.lock().unwrap().len(),
+        1,
+        "the token came from the fake Entra endpoint"
+    );
 }

@@ -1,0 +1,210 @@
+//! Test helpers shared by several test binaries.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+
+use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::credentials::{Secret, TokenCredential};
+use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+use tracing_azure_logs::client::credential_client_options;
+
+pub const TENANT: &str = "00000000-0000-0000-0000-00000000aaaa";
+
+/// A fake Entra ID token endpoint on loopback HTTPS, with its own throwaway CA.
+pub struct FakeEntra {
+    pub authority: String,
+    pub ca_pem: String,
+    pub requests: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeEntra {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `POST /{tenant}/oauth2/v2.0/token` over TLS on 127.0.0.1, answering `token`.
+pub async fn fake_entra(token: &'static str) -> FakeEntra {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = requests.clone();
+
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head, then Content-Length bytes of body.
+                loop {
+                    let Ok(n) = tls.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                seen.lock().unwrap().push(String::from_utf8_lossy(&buf).to_string());
+                let body =
+                    json!({"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": token})
+                        .to_string();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    FakeEntra {
+        authority: format!("https://127.0.0.1:{port}"),
+        ca_pem: ca_cert.pem(),
+        requests,
+        task,
+    }
+}
+
+impl FakeEntra {
+    /// A reqwest client that trusts the fake's CA (and follows no redirects).
+    pub fn http_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .tls_certs_merge([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    /// A real `ClientSecretCredential` whose authority is this fake, over `http`.
+    pub fn client_secret_credential(&self, http: &reqwest::Client, secret: &str) -> Arc<dyn TokenCredential> {
+        let mut cloud = CustomConfiguration::default();
+        cloud.authority_host = self.authority.clone();
+        let mut client_options = credential_client_options(http);
+        client_options.cloud = Some(Arc::new(CloudConfiguration::Custom(cloud)));
+        ClientSecretCredential::new(
+            TENANT,
+            "my-client-id".into(),
+            Secret::new(secret.to_owned()),
+            Some(ClientSecretCredentialOptions { client_options }),
+        )
+        .unwrap()
+    }
+}
+
+/// A subscriber that records nothing, for helper threads whose events must not count as the
+/// application's (it answers `Interest::sometimes`, so it never disables callsites elsewhere).
+pub struct Quiet;
+
+impl tracing::Subscriber for Quiet {
+    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A [`FakeEntra`] served from its own thread and runtime, under [`Quiet`]; stopped on drop.
+pub struct QuietEntra {
+    pub entra: FakeEntra,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl QuietEntra {
+    pub fn start(token: &'static str) -> QuietEntra {
+        let (ready, entra) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _quiet = tracing::subscriber::set_default(Quiet);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let fake = fake_entra(token).await;
+                let copy = FakeEntra {
+                    authority: fake.authority.clone(),
+                    ca_pem: fake.ca_pem.clone(),
+                    requests: fake.requests.clone(),
+                    task: tokio::spawn(async {}),
+                };
+                ready.send(copy).unwrap();
+                let _ = stopped.await;
+                drop(fake);
+            });
+        });
+        QuietEntra {
+            entra: entra.recv().unwrap(),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for QuietEntra {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
