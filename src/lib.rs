@@ -1,6 +1,6 @@
 //! Ship `tracing` events (and your own rows) to Azure Monitor Logs through the Logs Ingestion API
-//! (data collection endpoints and rules), without blocking, locking or allocating on the
-//! application's threads.
+//! (data collection endpoints and rules), without waiting on I/O, locking or (in steady state)
+//! allocating on the application's threads.
 //!
 //! ```no_run
 //! // Reads AZURE_DCE_ENDPOINT, AZURE_DCR_RULE_ID, AZURE_DCR_STREAM_NAME and picks an Azure
