@@ -272,21 +272,13 @@ fn is_clean(bytes: &[u8]) -> bool {
 
 fn escape_into(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
-    // Most text needs no escaping: skip it eight bytes at a time, then copy it in one go.
-    let mut clean = 0;
-    while clean + 8 <= bytes.len() {
-        let word = u64::from_le_bytes(bytes[clean..clean + 8].try_into().expect("8 bytes"));
-        if needs_escape(word) {
-            break;
-        }
-        clean += 8;
-    }
-    if clean == bytes.len() {
+    // Most text needs no escaping: check it eight bytes at a time, then copy it in one go.
+    if is_clean(bytes) {
         out.extend_from_slice(bytes);
         return;
     }
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate().skip(clean) {
+    for (i, &b) in bytes.iter().enumerate() {
         let escaped: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
