@@ -17,6 +17,9 @@ use crate::pipeline::{AzureLogsGuard, FullPolicy};
 use crate::route::{FieldRoute, Routes};
 use crate::row::{Columns, RowShape};
 
+/// Most rows a queue can be set to hold (its slots are allocated when the pipeline starts).
+pub const MAX_QUEUE_ROWS: usize = 4 * 1024 * 1024;
+
 /// Environment variable with the ingestion endpoint (a DCE, or the DCR's logs ingestion endpoint).
 pub const ENV_ENDPOINT: &str = "AZURE_DCE_ENDPOINT";
 /// Environment variable with the data collection rule's immutable id (`dcr-...`).
@@ -362,6 +365,17 @@ impl AzureLogsBuilder {
                 reason: "must be above zero".into(),
             });
         }
+        if self.queue_rows > MAX_QUEUE_ROWS {
+            return Err(ConfigError::InvalidOption {
+                option: "queue_capacity",
+                reason: format!(
+                    "{} rows is over the limit of {MAX_QUEUE_ROWS} (slots are allocated up front); bound memory with \
+                     queue_max_bytes instead",
+                    self.queue_rows
+                ),
+            });
+        }
+        self.columns.check()?;
         let mut settings = self.client;
         let credential = match self.credential {
             Some(credential) => credential,

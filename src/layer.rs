@@ -37,6 +37,7 @@ impl std::fmt::Debug for AzureLogsLayer {
 }
 
 /// A span's fields, encoded once: `{"name":"request","fields":{"method":"GET"}}`.
+#[derive(Clone)]
 struct SpanFields {
     name: &'static str,
     members: Vec<(&'static str, Vec<u8>)>,
@@ -163,11 +164,14 @@ where
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut extensions = span.extensions_mut();
-        if let Some(fields) = extensions.get_mut::<SpanFields>() {
-            values.record(&mut Fields(&mut *fields));
-            fields.encode();
-        }
+        // Record into a copy with no lock held: the values' `Debug` code may emit an event in this
+        // span, which reads the span's extensions.
+        let Some(mut fields) = span.extensions().get::<SpanFields>().cloned() else {
+            return;
+        };
+        values.record(&mut Fields(&mut fields));
+        fields.encode();
+        span.extensions_mut().replace(fields);
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {

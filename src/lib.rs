@@ -62,8 +62,8 @@ pub mod table;
 
 pub use client::{Audience, LogsIngestionClient, RetryPolicy, UploadError, UploadReport};
 pub use config::{
-    AzureLogs, AzureLogsBuilder, Column, ENV_EMULATOR_TOKEN, ENV_ENDPOINT, ENV_RULE_ID, ENV_STREAM, InitError, init,
-    install, try_init,
+    AzureLogs, AzureLogsBuilder, Column, ENV_EMULATOR_TOKEN, ENV_ENDPOINT, ENV_RULE_ID, ENV_STREAM, InitError,
+    MAX_QUEUE_ROWS, init, install, try_init,
 };
 pub use layer::AzureLogsLayer;
 pub use pipeline::{AzureLogsGuard, FlushReport, FullPolicy, Stats, StatsHandle, StreamStats};

@@ -72,6 +72,43 @@ impl Default for Columns {
 }
 
 impl Columns {
+    /// Every column name in use, defaults then statics, in row order.
+    fn names(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.time_generated,
+            &self.level,
+            &self.target,
+            &self.message,
+            &self.properties,
+            &self.spans,
+            &self.file,
+            &self.line,
+            &self.thread,
+        ]
+        .into_iter()
+        .filter_map(|c| c.as_deref())
+        .chain(self.statics.iter().map(|(n, _)| n.as_str()))
+    }
+
+    /// Fails on an empty column name or one used twice (rows would carry duplicate keys).
+    pub(crate) fn check(&self) -> Result<(), crate::client::ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for name in self.names() {
+            let reason = if name.is_empty() {
+                "a column name is empty".to_owned()
+            } else if !seen.insert(name) {
+                format!("column {name:?} is used twice")
+            } else {
+                continue;
+            };
+            return Err(crate::client::ConfigError::InvalidOption {
+                option: "columns",
+                reason,
+            });
+        }
+        Ok(())
+    }
+
     /// The DCR stream declaration for rows of this shape: `{"columns":[{"name","type"}...]}`.
     /// Paste it under `streamDeclarations` of your data collection rule; the table needs the same
     /// columns (`TimeGenerated` is required on every table).

@@ -555,3 +555,84 @@ async fn upload_raw_checks_size_before_sending() {
     })
     .await;
 }
+
+/// Never answers.
+#[derive(Debug)]
+struct Silent;
+
+#[async_trait::async_trait]
+impl TokenCredential for Silent {
+    async fn get_token(&self, _: &[&str], _: Option<TokenRequestOptions<'_>>) -> azure_core::Result<AccessToken> {
+        std::future::pending().await
+    }
+}
+
+/// Fails its first call, then hands out the emulator's token.
+#[derive(Debug)]
+struct FlakyOnce {
+    inner: Arc<dyn TokenCredential>,
+    calls: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for FlakyOnce {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Credential,
+                "identity endpoint briefly unavailable",
+            ));
+        }
+        self.inner.get_token(scopes, options).await
+    }
+}
+
+#[tokio::test]
+async fn a_credential_that_never_answers_fails_within_the_retry_deadline() {
+    bounded(async {
+        let emu = Emulator::start().unwrap();
+        let deadline = Duration::from_millis(500);
+        let c = LogsIngestionClient::builder(emu.endpoint(), Arc::new(Silent))
+            .retry_policy(fast_retries().with_deadline(deadline))
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = c.upload(RULE, STREAM, [json!({"a": 1})]).await.unwrap_err();
+        assert!(
+            started.elapsed() < deadline + Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(err.batches[0].reason(), FailureReason::Authentication { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("no token within"), "{err}");
+        assert!(emu.requests().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_error_is_retried_like_any_transient_failure() {
+    bounded(async {
+        let emu = Emulator::start().unwrap();
+        let credential = Arc::new(FlakyOnce {
+            inner: emu.credential(),
+            calls: AtomicU64::new(0),
+        });
+        let c = LogsIngestionClient::builder(emu.endpoint(), credential.clone())
+            .retry_policy(fast_retries())
+            .build()
+            .unwrap();
+        let report = c.upload(RULE, STREAM, [json!({"a": 1})]).await.unwrap();
+        assert_eq!(report.sent_rows, 1);
+        assert_eq!(credential.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(emu.row_count(STREAM), 1);
+    })
+    .await;
+}

@@ -464,3 +464,92 @@ fn one_callsite_on_one_thread_through_two_differently_shaped_pipelines() {
         assert_eq!(row["Pipeline"], "second");
     }
 }
+
+#[test]
+fn frequent_flushes_against_a_stalled_service_keep_the_worker_bounded() {
+    let emu = Emulator::start().unwrap();
+    emu.inject(Fault::Latency(Duration::from_secs(60)), 1_000);
+    let (layer, guard) = pipeline(&emu)
+        .queue_capacity(64)
+        .max_concurrency(1)
+        .max_uncompressed_batch(2_000)
+        .flush_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let dispatch = dispatch(layer);
+    let mut worst = 0;
+    for round in 0..200u64 {
+        tracing::dispatcher::with_default(&dispatch, || {
+            for i in 0..50u64 {
+                tracing::info!(round, i, "while the service stalls");
+            }
+        });
+        // Flushes cannot complete (the service stalls); each must not add a waiting batch.
+        let stats = guard.flush_timeout(Duration::from_millis(1)).stats;
+        worst = worst.max(stats.pending());
+    }
+    // Queue (64 rows) + per stream one open and one waiting batch + one in flight (~2,000 B each,
+    // under 40 rows of ~100 B): well under 250 rows however many flushes were asked for.
+    assert!(worst <= 250, "rows held by the pipeline grew to {worst}");
+    let stats = guard.shutdown().stats;
+    assert_eq!(stats.sent + stats.failed + stats.dropped, 200 * 50, "{stats:?}");
+}
+
+#[test]
+fn an_event_emitted_while_a_span_records_a_field_does_not_deadlock() {
+    struct Chatty;
+    impl std::fmt::Debug for Chatty {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            tracing::warn!("emitted from Debug while the span records");
+            f.write_str("chatty")
+        }
+    }
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu).build().unwrap();
+    let dispatch = dispatch(layer);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tracing::dispatcher::with_default(&dispatch, || {
+            let span = tracing::info_span!("request", detail = tracing::field::Empty);
+            let _entered = span.enter();
+            span.record("detail", tracing::field::debug(Chatty));
+            tracing::info!("after the record");
+        });
+        let _ = done.send(());
+    });
+    finished.recv_timeout(WAIT).expect("the thread finished (no deadlock)");
+    assert!(guard.flush_timeout(WAIT).completed);
+    let rows = emu.rows(STREAM);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["Spans"][0]["fields"]["detail"], "chatty");
+}
+
+#[test]
+fn duplicate_or_empty_column_names_and_huge_queues_are_refused() {
+    let emu = Emulator::start().unwrap();
+    let err = pipeline(&emu)
+        .static_column("Level", "x")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"Level\" is used twice"), "{err}");
+    let err = pipeline(&emu)
+        .rename_column(Column::Message, "Properties")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"Properties\" is used twice"), "{err}");
+    let err = pipeline(&emu)
+        .rename_column(Column::Thread, "")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("empty"), "{err}");
+    let err = pipeline(&emu)
+        .queue_capacity(usize::MAX)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("queue_max_bytes"), "{err}");
+    assert!(emu.requests().is_empty());
+}

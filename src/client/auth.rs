@@ -226,13 +226,14 @@ impl fmt::Debug for CachedToken {
 }
 
 /// Shares one token among all uploads: cached until shortly before it expires, and refreshed by
-/// one request however many uploads need it at once. A failed fetch is remembered for a second,
-/// so waiting uploads fail together instead of each asking again.
+/// one request however many uploads need it at once. Uploads that waited behind a fetch that
+/// failed share its error instead of each asking again; a later call (a retry) asks afresh.
 pub(crate) struct TokenCache {
     credential: Arc<dyn TokenCredential>,
     scope: String,
     current: RwLock<Option<Arc<CachedToken>>>,
-    last_error: RwLock<Option<(Instant, String)>>,
+    /// The outcome of the last fetch: its number and, if it failed, the error.
+    last: RwLock<(u64, Option<String>)>,
     fetch_lock: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
 }
@@ -247,15 +248,13 @@ impl fmt::Debug for TokenCache {
     }
 }
 
-const ERROR_MEMORY: Duration = Duration::from_secs(1);
-
 impl TokenCache {
     pub(crate) fn new(credential: Arc<dyn TokenCredential>, scope: String) -> Self {
         TokenCache {
             credential,
             scope,
             current: RwLock::new(None),
-            last_error: RwLock::new(None),
+            last: RwLock::new((0, None)),
             fetch_lock: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
         }
@@ -271,21 +270,25 @@ impl TokenCache {
         if let Some(token) = self.fresh() {
             return Ok(token);
         }
+        let seen = self.last_fetch();
         let _one_fetch = self.fetch_lock.lock().await;
         if let Some(token) = self.fresh() {
             return Ok(token);
         }
+        self.shared_failure(seen)?;
         self.fetch().await
     }
 
     /// After a 401 with `rejected`: fetch a new token, unless another upload already did.
     pub(crate) async fn replace(&self, rejected: &Arc<CachedToken>) -> Result<Arc<CachedToken>, FailureReason> {
+        let seen = self.last_fetch();
         let _one_fetch = self.fetch_lock.lock().await;
         if let Some(token) = self.fresh()
             && !Arc::ptr_eq(&token, rejected)
         {
             return Ok(token);
         }
+        self.shared_failure(seen)?;
         self.fetch().await
     }
 
@@ -294,14 +297,23 @@ impl TokenCache {
         current.as_ref().filter(|t| Instant::now() < t.refresh_at).cloned()
     }
 
-    async fn fetch(&self) -> Result<Arc<CachedToken>, FailureReason> {
-        if let Some((at, message)) = self.last_error.read().unwrap_or_else(|e| e.into_inner()).as_ref()
-            && at.elapsed() < ERROR_MEMORY
-        {
-            return Err(self.auth_error(message.clone()));
+    fn last_fetch(&self) -> u64 {
+        self.last.read().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// The error of a fetch that finished while this caller waited for the lock, if it failed.
+    fn shared_failure(&self, seen: u64) -> Result<(), FailureReason> {
+        match &*self.last.read().unwrap_or_else(|e| e.into_inner()) {
+            (n, Some(message)) if *n != seen => Err(self.auth_error(message.clone())),
+            _ => Ok(()),
         }
-        self.fetches.fetch_add(1, Ordering::Relaxed);
-        match self.credential.get_token(&[&self.scope], None).await {
+    }
+
+    async fn fetch(&self) -> Result<Arc<CachedToken>, FailureReason> {
+        let number = self.fetches.fetch_add(1, Ordering::Relaxed) + 1;
+        let result = self.credential.get_token(&[&self.scope], None).await;
+        let mut last = self.last.write().unwrap_or_else(|e| e.into_inner());
+        match result {
             Ok(access) => {
                 let lifetime = (access.expires_on - azure_core::time::OffsetDateTime::now_utc())
                     .try_into()
@@ -313,15 +325,20 @@ impl TokenCache {
                     refresh_at: Instant::now() + lifetime - margin,
                 });
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
-                *self.last_error.write().unwrap_or_else(|e| e.into_inner()) = None;
+                *last = (number, None);
                 Ok(token)
             }
             Err(e) => {
                 let message = e.to_string();
-                *self.last_error.write().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), message.clone()));
+                *last = (number, Some(message.clone()));
                 Err(self.auth_error(message))
             }
         }
+    }
+
+    /// The failure for a credential that gave no token within `waited`.
+    pub(crate) fn timed_out(&self, waited: Duration) -> FailureReason {
+        self.auth_error(format!("the credential gave no token within {waited:?}"))
     }
 
     fn auth_error(&self, message: String) -> FailureReason {

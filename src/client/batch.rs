@@ -106,6 +106,11 @@ impl BatchBuilder {
         Push::Added
     }
 
+    /// Whether the open batch has no rows.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.open.spans.is_empty()
+    }
+
     /// Closes and returns the open batch, if it has rows.
     pub(crate) fn take(&mut self) -> Option<Batch> {
         if self.open.spans.is_empty() {

@@ -633,19 +633,10 @@ impl LogsIngestionClient {
         let mut outcome = SendOutcome::default();
         let mut refreshed = false;
         let mut token: Option<Arc<CachedToken>> = None;
+        // Attempts against the retry budget: HTTP requests and failed token fetches.
+        let mut tries = 0u32;
 
         loop {
-            let current = match &token {
-                Some(t) => t.clone(),
-                None => match inner.tokens.get().await {
-                    Ok(t) => t,
-                    Err(reason) => {
-                        outcome.result = Some(reason);
-                        return outcome;
-                    }
-                },
-            };
-            token = Some(current.clone());
             let remaining = inner.retry.deadline.saturating_sub(started.elapsed());
             if remaining.is_zero() {
                 outcome.result = Some(FailureReason::RetriesExhausted {
@@ -654,92 +645,155 @@ impl LogsIngestionClient {
                 });
                 return outcome;
             }
-            outcome.attempts += 1;
-            inner.counters.requests.fetch_add(1, Ordering::Relaxed);
-            if outcome.attempts > 1 {
-                inner.counters.retries.fetch_add(1, Ordering::Relaxed);
-            }
-            outcome.wire_bytes += body.len() as u64;
-            inner
-                .counters
-                .wire_bytes
-                .fetch_add(body.len() as u64, Ordering::Relaxed);
-
-            let mut request = inner
-                .http
-                .post(url.clone())
-                .timeout(inner.request_timeout.min(remaining))
-                .header(USER_AGENT, inner.user_agent.clone())
-                .header(CONTENT_TYPE, "application/json")
-                .header("accept", "application/json")
-                .header("x-ms-client-request-id", request_id.as_str())
-                .header("authorization", current.bearer())
-                .body(body.clone());
-            if encoding == ContentEncoding::Gzip {
-                request = request.header(CONTENT_ENCODING, "gzip");
-            }
-
-            let (error, wait) = match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    match classify(status) {
-                        StatusClass::Success => return outcome,
-                        StatusClass::Unauthorized if !refreshed => {
-                            refreshed = true;
-                            match inner.tokens.replace(&current).await {
-                                Ok(fresh) => token = Some(fresh),
-                                Err(reason) => {
-                                    outcome.result = Some(reason);
-                                    return outcome;
-                                }
-                            }
-                            // The retry with a fresh token does not wait.
+            tries += 1;
+            let tried = self.attempt(
+                url,
+                &body,
+                encoding,
+                &request_id,
+                &mut token,
+                !refreshed,
+                remaining,
+                &mut outcome,
+            );
+            let failed = match tried.await {
+                Attempt::Done => return outcome,
+                Attempt::Rejected(reason) => {
+                    outcome.result = Some(reason);
+                    return outcome;
+                }
+                Attempt::Unauthorized(rejected) => {
+                    // One fresh token, and the retry with it does not wait or count.
+                    refreshed = true;
+                    tries -= 1;
+                    match tokio::time::timeout(remaining, inner.tokens.replace(&rejected)).await {
+                        Ok(Ok(fresh)) => {
+                            token = Some(fresh);
                             continue;
                         }
-                        StatusClass::Unauthorized | StatusClass::Permanent => {
-                            outcome.result = Some(rejection(status, response).await);
-                            return outcome;
-                        }
-                        StatusClass::Retryable => {
-                            let wait = retry_after(response.headers());
-                            let (code, message) = error_body(response).await;
-                            let mut text = format!("HTTP {status}");
-                            if let Some(code) = code {
-                                text.push_str(&format!(" ({code})"));
-                            }
-                            if !message.is_empty() {
-                                text.push_str(&format!(": {message}"));
-                            }
-                            (text, wait)
-                        }
+                        Ok(Err(reason)) => Failed::Token(reason),
+                        Err(_) => Failed::Token(inner.tokens.timed_out(remaining)),
                     }
                 }
-                Err(e) if e.is_timeout() => (
-                    format!("request timed out after {:?}", inner.request_timeout.min(remaining)),
-                    None,
-                ),
-                Err(e) => (format!("connection error: {}", error_chain(&e)), None),
+                Attempt::Failed(failed) => failed,
             };
-
-            if outcome.attempts >= inner.retry.max_attempts {
-                outcome.result = Some(FailureReason::RetriesExhausted {
-                    attempts: outcome.attempts,
-                    last_error: error,
-                });
-                return outcome;
-            }
-            let delay = wait.unwrap_or_else(|| inner.retry.backoff(outcome.attempts));
+            let wait = match &failed {
+                Failed::Http { wait, .. } => *wait,
+                Failed::Token(_) => None,
+            };
+            let delay = wait.unwrap_or_else(|| inner.retry.backoff(tries));
             let remaining = inner.retry.deadline.saturating_sub(started.elapsed());
-            if delay >= remaining {
-                outcome.result = Some(FailureReason::RetriesExhausted {
-                    attempts: outcome.attempts,
-                    last_error: format!("{error}; the next retry, due in {delay:?}, would pass the retry deadline"),
+            if tries >= inner.retry.max_attempts || delay >= remaining {
+                let note = (tries < inner.retry.max_attempts)
+                    .then(|| format!("; the next retry, due in {delay:?}, would pass the retry deadline"));
+                outcome.result = Some(match failed {
+                    Failed::Token(reason) => reason,
+                    Failed::Http { error, .. } => FailureReason::RetriesExhausted {
+                        attempts: outcome.attempts,
+                        last_error: format!("{error}{}", note.unwrap_or_default()),
+                    },
                 });
                 return outcome;
             }
             tokio::time::sleep(delay).await;
         }
     }
+
+    /// One try: get a token (within `remaining`) and send the request once. A 401 comes back as
+    /// `Unauthorized` while `may_refresh`, as `Rejected` after.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        url: &Url,
+        body: &bytes::Bytes,
+        encoding: ContentEncoding,
+        request_id: &str,
+        token: &mut Option<Arc<CachedToken>>,
+        may_refresh: bool,
+        remaining: Duration,
+        outcome: &mut SendOutcome,
+    ) -> Attempt {
+        let inner = &*self.inner;
+        let current = match token {
+            Some(t) => t.clone(),
+            // A credential that never answers must not outlive the retry deadline.
+            None => match tokio::time::timeout(remaining, inner.tokens.get()).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(reason)) => return Attempt::Failed(Failed::Token(reason)),
+                Err(_) => return Attempt::Failed(Failed::Token(inner.tokens.timed_out(remaining))),
+            },
+        };
+        *token = Some(current.clone());
+        outcome.attempts += 1;
+        inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if outcome.attempts > 1 {
+            inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome.wire_bytes += body.len() as u64;
+        inner
+            .counters
+            .wire_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+
+        let timeout = inner.request_timeout.min(remaining);
+        let mut request = inner
+            .http
+            .post(url.clone())
+            .timeout(timeout)
+            .header(USER_AGENT, inner.user_agent.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("accept", "application/json")
+            .header("x-ms-client-request-id", request_id)
+            .header("authorization", current.bearer())
+            .body(body.clone());
+        if encoding == ContentEncoding::Gzip {
+            request = request.header(CONTENT_ENCODING, "gzip");
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) if e.is_timeout() => {
+                let error = format!("request timed out after {timeout:?}");
+                return Attempt::Failed(Failed::Http { error, wait: None });
+            }
+            Err(e) => {
+                let error = format!("connection error: {}", error_chain(&e));
+                return Attempt::Failed(Failed::Http { error, wait: None });
+            }
+        };
+        let status = response.status().as_u16();
+        match classify(status) {
+            StatusClass::Success => Attempt::Done,
+            StatusClass::Unauthorized if may_refresh => Attempt::Unauthorized(current),
+            StatusClass::Unauthorized | StatusClass::Permanent => Attempt::Rejected(rejection(status, response).await),
+            StatusClass::Retryable => {
+                let wait = retry_after(response.headers());
+                let (code, message) = error_body(response).await;
+                let mut error = format!("HTTP {status}");
+                if let Some(code) = code {
+                    error.push_str(&format!(" ({code})"));
+                }
+                if !message.is_empty() {
+                    error.push_str(&format!(": {message}"));
+                }
+                Attempt::Failed(Failed::Http { error, wait })
+            }
+        }
+    }
+}
+
+/// What one try came to.
+enum Attempt {
+    Done,
+    Rejected(FailureReason),
+    /// A 401 with this token.
+    Unauthorized(Arc<CachedToken>),
+    Failed(Failed),
+}
+
+/// A failure worth retrying.
+enum Failed {
+    Token(FailureReason),
+    Http { error: String, wait: Option<Duration> },
 }
 
 /// The failure for a status that is not retried, with what to check.

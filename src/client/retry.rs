@@ -98,23 +98,31 @@ pub(crate) fn classify(status: u16) -> StatusClass {
     }
 }
 
+/// Longest wait taken from a response header; anything longer is the same to a retry deadline.
+const MAX_HEADER_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 /// The wait the service asked for: `retry-after-ms`, `x-ms-retry-after-ms`, then `Retry-After`
-/// as seconds or as an HTTP date.
+/// as seconds or as an HTTP date; at most a day, whatever the header says.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
         if let Some(ms) = header_str(headers, name).and_then(|v| v.trim().parse::<f64>().ok())
-            && ms.is_finite()
             && ms >= 0.0
         {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+            // NaN fails `>= 0`; an overflowing value is capped instead of panicking.
+            let wait = Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(MAX_HEADER_WAIT);
+            return Some(wait.min(MAX_HEADER_WAIT));
         }
     }
     let value = header_str(headers, "retry-after")?.trim();
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_HEADER_WAIT));
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_HEADER_WAIT),
+    )
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -145,6 +153,23 @@ mod tests {
             wait > Duration::from_secs(28) && wait <= Duration::from_secs(30),
             "{wait:?}"
         );
+    }
+
+    #[test]
+    fn hostile_retry_after_values_are_capped_not_panics() {
+        for (name, value) in [
+            ("retry-after-ms", "1e30"),
+            ("retry-after-ms", "inf"),
+            ("x-ms-retry-after-ms", "1.8e308"),
+            ("retry-after", "18446744073709551615"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(value));
+            assert_eq!(retry_after(&h), Some(MAX_HEADER_WAIT), "{name}: {value}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("retry-after-ms", HeaderValue::from_static("NaN"));
+        assert_eq!(retry_after(&h), None);
     }
 
     #[test]

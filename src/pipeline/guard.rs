@@ -219,9 +219,10 @@ impl StatsHandle {
     pub fn get(&self) -> Stats {
         let c = &self.shared.counters;
         let client = self.client.counters();
+        let (enqueued, dropped) = self.shared.counts();
         Stats {
-            enqueued: self.shared.enqueued(),
-            dropped: c.dropped.load(Ordering::Relaxed),
+            enqueued,
+            dropped,
             sent: c.sent.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             retried: client.retries.load(Ordering::Relaxed),

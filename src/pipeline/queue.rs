@@ -52,6 +52,8 @@ pub(crate) struct Queue {
     max_bytes: usize,
     policy: FullPolicy,
     closed: AtomicBool,
+    /// Set once the worker has taken its last row: rows still queued then are never sent.
+    stopped: AtomicBool,
     pub(crate) counters: Counters,
 }
 
@@ -64,6 +66,7 @@ impl Queue {
             max_bytes,
             policy,
             closed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             counters: Counters::default(),
         }
     }
@@ -104,16 +107,40 @@ impl Queue {
         self.closed.store(true, Ordering::SeqCst);
     }
 
+    /// The worker has taken its last row. A producer that passed the `closed` check just before
+    /// shutdown may still land a row in the queue; such rows count as dropped (see [`counts`]).
+    ///
+    /// [`counts`]: Queue::counts
+    pub(crate) fn stop(&self) {
+        self.close();
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// `(enqueued, dropped)`: rows taken by the worker plus those queued, and rows dropped. Once
+    /// the pipeline has stopped, rows left in the queue are dropped rather than enqueued, so
+    /// `sent + failed + dropped` always equals what producers emitted.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let taken = self.counters.taken.load(Ordering::Acquire);
+        let dropped = self.counters.dropped.load(Ordering::Relaxed);
+        let queued = self.rows.len() as u64;
+        if self.stopped.load(Ordering::SeqCst) {
+            (taken, dropped + queued)
+        } else {
+            (taken + queued, dropped)
+        }
+    }
+
     /// Enqueues a row without blocking (unless the policy says so); on failure the row is counted
     /// as dropped and its buffer recycled. Returns whether it was enqueued.
     pub(crate) fn push(&self, stream: u32, json: Vec<u8>) -> bool {
-        if self.is_closed() {
-            return self.drop_row(json);
-        }
         let charge = json.capacity();
         let mut item = Queued { stream, json };
         let mut deadline = None;
         loop {
+            // Checked before every try: a blocked producer must not land a row after shutdown.
+            if self.is_closed() {
+                return self.drop_row(item.json);
+            }
             // Reserve the bytes first (one atomic add), give them back if the row does not go in.
             if self.queued_bytes.fetch_add(charge, Ordering::Relaxed) + charge <= self.max_bytes {
                 match self.rows.push(item) {
@@ -122,11 +149,16 @@ impl Queue {
                 }
             }
             self.queued_bytes.fetch_sub(charge, Ordering::Relaxed);
+            // Never wait on the worker's own thread (a table row sent from `on_error`): it is the
+            // queue's only consumer.
             let FullPolicy::Block(wait) = self.policy else {
                 return self.drop_row(item.json);
             };
+            if super::worker::in_worker() {
+                return self.drop_row(item.json);
+            }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
-            if Instant::now() >= deadline || self.is_closed() {
+            if Instant::now() >= deadline {
                 return self.drop_row(item.json);
             }
             std::thread::sleep(Duration::from_micros(100));
@@ -137,11 +169,6 @@ impl Queue {
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         self.recycle(json);
         false
-    }
-
-    /// Rows enqueued so far: taken by the worker, or still queued.
-    pub(crate) fn enqueued(&self) -> u64 {
-        self.counters.taken.load(Ordering::Acquire) + self.rows.len() as u64
     }
 
     /// Rows in the queue now.
@@ -168,7 +195,7 @@ mod tests {
         assert!(q.push(0, b"{}".to_vec()));
         assert!(!q.push(0, b"{}".to_vec()));
         assert_eq!(q.counters.dropped.load(Ordering::Relaxed), 1);
-        assert_eq!(q.enqueued(), 2);
+        assert_eq!(q.counts(), (2, 1));
         assert!(q.pop().is_some());
         assert!(q.push(0, b"{}".to_vec()));
     }
@@ -201,6 +228,32 @@ mod tests {
         let started = Instant::now();
         assert!(!q.push(0, b"{}".to_vec()));
         assert!(started.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn rows_left_in_a_stopped_queue_count_as_dropped() {
+        let q = Queue::new(8, 1 << 20, FullPolicy::DropNewest);
+        assert!(q.push(0, b"{}".to_vec()));
+        assert!(q.push(0, b"{}".to_vec()));
+        q.pop();
+        q.counters.taken.store(1, Ordering::Release);
+        assert_eq!(q.counts(), (2, 0));
+        // A producer that passed the closed check before shutdown lands its row after the
+        // worker's last drain: it is counted as dropped, not as pending forever.
+        q.stop();
+        assert_eq!(q.counts(), (1, 1));
+        assert!(!q.push(0, b"{}".to_vec()));
+        assert_eq!(q.counts(), (1, 2));
+    }
+
+    #[test]
+    fn the_worker_thread_never_waits_for_room() {
+        let q = Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_secs(30)));
+        assert!(q.push(0, b"{}".to_vec()));
+        super::super::worker::mark_worker_thread_for_test();
+        let started = Instant::now();
+        assert!(!q.push(0, b"{}".to_vec()));
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

@@ -10,12 +10,14 @@
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use reqwest::Url;
 
@@ -39,6 +41,11 @@ thread_local! {
 /// Whether the current thread is a pipeline worker (whose events must not be shipped).
 pub(crate) fn in_worker() -> bool {
     IN_WORKER.with(Cell::get)
+}
+
+#[cfg(test)]
+pub(crate) fn mark_worker_thread_for_test() {
+    IN_WORKER.with(|w| w.set(true));
 }
 
 /// Messages from the guard and from handles.
@@ -67,7 +74,9 @@ enum Added {
     UnknownStream,
 }
 
-type Upload = Pin<Box<dyn Future<Output = (u64, u32, Vec<(Batch, SendOutcome)>)> + Send>>;
+/// An upload's result: its batch id, stream, and each part sent, or the panic that ended it.
+type Uploaded = (u64, u32, Result<Vec<(Batch, SendOutcome)>, String>);
+type Upload = Pin<Box<dyn Future<Output = Uploaded> + Send>>;
 
 struct Stream {
     target: Target,
@@ -135,18 +144,36 @@ impl Worker {
     pub(crate) fn spawn(self, control: Receiver<Control>) -> std::io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name("tracing-azure-logs".into())
-            .spawn(move || {
-                IN_WORKER.with(|w| w.set(true));
-                let _silent = tracing::subscriber::set_default(Silent);
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        eprintln!("tracing-azure-logs: cannot start the worker's runtime, rows will not be sent: {e}");
-                        return;
-                    }
-                };
-                runtime.block_on(self.run(control));
-            })
+            .spawn(move || self.run_on_this_thread(control))
+    }
+
+    fn run_on_this_thread(self, control: Receiver<Control>) {
+        IN_WORKER.with(|w| w.set(true));
+        let _silent = tracing::subscriber::set_default(Silent);
+        let queue = self.queue.clone();
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("tracing-azure-logs: cannot start the worker's runtime, rows will not be sent: {e}");
+                queue.stop();
+                return;
+            }
+        };
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(self.run(control))));
+        if let Err(panic) = ran {
+            // A bug, not an input: keep the books straight and stop taking rows. Rows the worker
+            // held are counted failed; rows queued from now on, dropped.
+            queue.stop();
+            let c = &queue.counters;
+            let settled = c.sent.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed);
+            let held = c.taken.load(Ordering::Acquire).saturating_sub(settled);
+            c.failed.fetch_add(held, Ordering::Relaxed);
+            eprintln!(
+                "tracing-azure-logs: the worker stopped after a panic ({}); {held} row(s) it held are counted failed, \
+                 later events are dropped",
+                panic_message(&*panic)
+            );
+        }
     }
 
     /// The stream with id `id`, set up on first use from the registry.
@@ -311,8 +338,22 @@ impl Worker {
         if self.stash.is_some() || !self.flushes.iter().any(|f| f.mark.is_none() && self.taken >= f.target) {
             return;
         }
+        // Close every open batch, but never a second waiting batch for one stream (that is what
+        // keeps the worker's memory bounded when uploads stall and flushes are frequent): a stream
+        // whose closed batch is still waiting keeps the flush unmarked until a slot frees.
+        let mut all_closed = true;
         for stream in 0..self.streams.len() as u32 {
-            self.close(stream);
+            if !self.ready.iter().any(|(_, s, _)| *s == stream) {
+                self.close(stream);
+            } else if self.streams[stream as usize]
+                .as_ref()
+                .is_some_and(|s| !s.builder.is_empty())
+            {
+                all_closed = false;
+            }
+        }
+        if !all_closed {
+            return;
         }
         let mark = self.next_batch;
         for flush in &mut self.flushes {
@@ -346,15 +387,31 @@ impl Worker {
                 .url
                 .clone();
             self.in_flight.push(Box::pin(async move {
-                let done = client.send_batch(&url, batch).await;
+                // A panic in an upload (a bug) fails its batch instead of the worker.
+                let done = AssertUnwindSafe(client.send_batch(&url, batch))
+                    .catch_unwind()
+                    .await
+                    .map_err(|panic| panic_message(&*panic).to_owned());
                 (id, stream, done)
             }));
         }
     }
 
-    fn settle(&mut self, (id, stream, done): (u64, u32, Vec<(Batch, SendOutcome)>)) {
+    fn settle(&mut self, (id, stream, done): Uploaded) {
         self.unsettled.remove(&id);
-        self.uploading.remove(&id);
+        let ids = self.uploading.remove(&id).map(|(_, ids)| ids).unwrap_or_default();
+        let done = match done {
+            Ok(done) => done,
+            Err(panic) => {
+                let target = self.target(stream);
+                let reason = FailureReason::RetriesExhausted {
+                    attempts: 0,
+                    last_error: format!("internal error, the upload panicked: {panic}"),
+                };
+                self.report(&target, reason, ids, Vec::new());
+                return;
+            }
+        };
         let counters = &self.queue.counters;
         let target = self.target(stream);
         for (batch, outcome) in done {
@@ -494,6 +551,7 @@ impl Worker {
             self.queue.recycle(row.json);
         }
         self.queue.counters.taken.store(self.taken, Ordering::Release);
+        self.queue.stop();
         if queued > 0 {
             self.fail_rows(queued, None, reason("the rows were still queued"));
         }
@@ -506,6 +564,14 @@ impl Worker {
             .target
             .clone()
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 /// A subscriber that records nothing, installed on the worker thread. Unlike
