@@ -139,28 +139,8 @@ impl FakeEntra {
     }
 }
 
-/// A subscriber that records nothing, for helper threads whose events must not count as the
-/// application's (it answers `Interest::sometimes`, so it never disables callsites elsewhere).
-pub struct Quiet;
-
-impl tracing::Subscriber for Quiet {
-    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::sometimes()
-    }
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        false
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, _: &tracing::Event<'_>) {}
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-/// A [`FakeEntra`] served from its own thread and runtime, under [`Quiet`]; stopped on drop.
+/// A [`FakeEntra`] served from its own thread and runtime, under a subscriber that records nothing
+/// (so its events are not the application's); stopped on drop.
 pub struct QuietEntra {
     pub entra: FakeEntra,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -172,7 +152,7 @@ impl QuietEntra {
         let (ready, entra) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let _quiet = tracing::subscriber::set_default(Quiet);
+            let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
