@@ -113,22 +113,34 @@ impl Columns {
     /// Paste it under `streamDeclarations` of your data collection rule; the table needs the same
     /// columns (`TimeGenerated` is required on every table).
     pub fn stream_declaration(&self) -> Value {
-        let mut columns = Vec::new();
-        let mut add = |name: &Option<String>, kind: &str| {
-            if let Some(name) = name {
-                columns.push(serde_json::json!({"name": name, "type": kind}));
-            }
-        };
-        add(&self.time_generated, "datetime");
-        add(&self.level, "string");
-        add(&self.target, "string");
-        add(&self.message, "string");
-        add(&self.properties, "dynamic");
-        add(&self.spans, "dynamic");
-        add(&self.file, "string");
-        add(&self.line, "int");
-        add(&self.thread, "string");
-        for (name, value) in &self.statics {
+        serde_json::json!({ "columns": self.typed_columns() })
+    }
+
+    /// The body that creates the matching custom table with the Log Analytics Tables API
+    /// (`PUT .../workspaces/{ws}/tables/{table}?api-version=2022-10-01`); `table` should end in
+    /// `_CL`. The table always has `TimeGenerated`, added here when the rows leave it out.
+    pub fn table_schema(&self, table: &str) -> Value {
+        let mut columns = self.typed_columns();
+        if !columns.iter().any(|c| c["name"] == "TimeGenerated") {
+            columns.insert(0, serde_json::json!({"name": "TimeGenerated", "type": "datetime"}));
+        }
+        serde_json::json!({ "properties": { "schema": { "name": table, "columns": columns } } })
+    }
+
+    /// Every column with its DCR type, in row order.
+    fn typed_columns(&self) -> Vec<Value> {
+        let defaults = [
+            (&self.time_generated, "datetime"),
+            (&self.level, "string"),
+            (&self.target, "string"),
+            (&self.message, "string"),
+            (&self.properties, "dynamic"),
+            (&self.spans, "dynamic"),
+            (&self.file, "string"),
+            (&self.line, "int"),
+            (&self.thread, "string"),
+        ];
+        let statics = self.statics.iter().map(|(name, value)| {
             let kind = match value {
                 Value::Bool(_) => "boolean",
                 Value::Number(n) if n.is_f64() => "real",
@@ -136,9 +148,14 @@ impl Columns {
                 Value::String(_) => "string",
                 _ => "dynamic",
             };
-            columns.push(serde_json::json!({"name": name, "type": kind}));
-        }
-        serde_json::json!({ "columns": columns })
+            (name.as_str(), kind)
+        });
+        defaults
+            .into_iter()
+            .filter_map(|(name, kind)| name.as_deref().map(|n| (n, kind)))
+            .chain(statics)
+            .map(|(name, kind)| serde_json::json!({"name": name, "type": kind}))
+            .collect()
     }
 }
 
@@ -727,5 +744,18 @@ mod tests {
             ]
         );
         assert_eq!(decl["columns"][0]["type"], "datetime");
+        assert_eq!(decl["columns"][7]["type"], "int");
+
+        let no_time = Columns {
+            time_generated: None,
+            ..Columns::default()
+        };
+        let schema = no_time.table_schema("MyService_CL");
+        assert_eq!(schema["properties"]["schema"]["name"], "MyService_CL");
+        assert_eq!(
+            schema["properties"]["schema"]["columns"][0],
+            serde_json::json!({"name": "TimeGenerated", "type": "datetime"})
+        );
+        assert_eq!(schema["properties"]["schema"]["columns"].as_array().unwrap().len(), 9);
     }
 }
