@@ -916,9 +916,15 @@ where
     });
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime.spawn(async move {
-        let _ = tx.send(future.await);
+        use futures_util::FutureExt;
+        let _ = tx.send(std::panic::AssertUnwindSafe(future).catch_unwind().await);
     });
-    rx.recv().expect("the upload task sends its result before it ends")
+    match rx.recv() {
+        Ok(Ok(value)) => value,
+        // The work panicked (a bug): the caller sees that panic, as with a joined thread.
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("the background runtime of upload_blocking shut down"),
+    }
 }
 
 #[cfg(test)]
