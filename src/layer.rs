@@ -14,7 +14,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::pipeline::queue::Queue;
 use crate::route::Routes;
@@ -259,15 +259,8 @@ impl AzureLogsLayer {
         if let Some(k) = &shape.spans {
             key(row, k);
             row.push(b'[');
-            if let Some(scope) = ctx.event_scope(event) {
-                for span in scope.from_root() {
-                    if let Some(fields) = span.extensions().get::<SpanFields>() {
-                        if row.last() != Some(&b'[') {
-                            row.push(b',');
-                        }
-                        row.extend_from_slice(&fields.encoded);
-                    }
-                }
+            if let Some(leaf) = ctx.event_span(event) {
+                write_scope(row, leaf, 0);
             }
             row.push(b']');
         }
@@ -275,6 +268,27 @@ impl AzureLogsLayer {
             Some(c) => append_members(row, &c.tail),
             None => write_tail(shape, row, meta.file(), meta.line()),
         }
+    }
+}
+
+/// Spans nested deeper than this are left out of an event's `Spans`, root side first.
+const MAX_SPAN_DEPTH: usize = 64;
+
+/// Writes the encoded fields of `span`'s ancestors, root first, then its own.
+fn write_scope<S>(row: &mut Vec<u8>, span: SpanRef<'_, S>, depth: usize)
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    if depth + 1 < MAX_SPAN_DEPTH
+        && let Some(parent) = span.parent()
+    {
+        write_scope(row, parent, depth + 1);
+    }
+    if let Some(fields) = span.extensions().get::<SpanFields>() {
+        if row.last() != Some(&b'[') {
+            row.push(b',');
+        }
+        row.extend_from_slice(&fields.encoded);
     }
 }
 

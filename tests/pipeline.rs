@@ -553,3 +553,22 @@ fn duplicate_or_empty_column_names_and_huge_queues_are_refused() {
     assert!(err.contains("queue_max_bytes"), "{err}");
     assert!(emu.requests().is_empty());
 }
+
+#[test]
+fn deeply_nested_spans_keep_the_innermost_64() {
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu).build().unwrap();
+    tracing::dispatcher::with_default(&dispatch(layer), || {
+        let spans: Vec<_> = (0..100u32)
+            .map(|depth| tracing::info_span!("level", depth).entered())
+            .collect();
+        tracing::info!("deep");
+        drop(spans);
+    });
+    assert!(guard.flush_timeout(WAIT).completed);
+    let row = emu.rows(STREAM).pop().unwrap();
+    let spans = row["Spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 64);
+    assert_eq!(spans[0]["fields"]["depth"], 36, "root side dropped");
+    assert_eq!(spans[63]["fields"]["depth"], 99, "innermost last");
+}
