@@ -385,20 +385,24 @@ fn write_short_decimal(out: &mut Vec<u8>, value: f64) -> bool {
     for (k, &p) in POW10.iter().enumerate() {
         let m = (magnitude * p).round();
         if m / p == magnitude && m < 9_007_199_254_740_992.0 {
-            let m = m as u64;
-            let p = p as u64;
             if value.is_sign_negative() && magnitude != 0.0 {
                 out.push(b'-');
             }
-            write_int(out, m / p);
-            out.push(b'.');
+            // The digits of m, with the point k places from the right.
+            let mut buf = itoa::Buffer::new();
+            let digits = buf.format(m as u64).as_bytes();
             if k == 0 {
-                out.push(b'0');
+                out.extend_from_slice(digits);
+                out.extend_from_slice(b".0");
+            } else if digits.len() > k {
+                let (int, frac) = digits.split_at(digits.len() - k);
+                out.extend_from_slice(int);
+                out.push(b'.');
+                out.extend_from_slice(frac);
             } else {
-                let mut digits = itoa::Buffer::new();
-                let frac = digits.format(m % p);
-                out.extend(std::iter::repeat_n(b'0', k - frac.len()));
-                out.extend_from_slice(frac.as_bytes());
+                out.extend_from_slice(b"0.");
+                out.extend(std::iter::repeat_n(b'0', k - digits.len()));
+                out.extend_from_slice(digits);
             }
             return true;
         }
