@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tracing::Dispatch;
 use tracing_azure_logs::client::FailedBatch;
-use tracing_azure_logs::emulator::{Column as Col, ColumnType, Emulator, Fault};
+use tracing_azure_logs::emulator::{Column as Col, Emulator, Fault};
 use tracing_azure_logs::{AzureLogs, AzureLogsBuilder, Column, FullPolicy, RetryPolicy};
 use tracing_subscriber::prelude::*;
 
@@ -43,32 +43,22 @@ fn dispatch(layer: tracing_azure_logs::AzureLogsLayer) -> Dispatch {
     Dispatch::new(tracing_subscriber::registry().with(layer))
 }
 
-/// The emulator stream the default row shape matches, with strict type checks.
-fn declared(strict: bool) -> Emulator {
-    let columns = vec![
-        Col::new("TimeGenerated", ColumnType::DateTime),
-        Col::new("Level", ColumnType::String),
-        Col::new("Target", ColumnType::String),
-        Col::new("Message", ColumnType::String),
-        Col::new("Properties", ColumnType::Dynamic),
-        Col::new("Spans", ColumnType::Dynamic),
-        Col::new("File", ColumnType::String),
-        Col::new("Line", ColumnType::Int),
-        Col::new("Thread", ColumnType::String),
-        Col::new("Computer", ColumnType::String),
-        Col::new("Service", ColumnType::String),
-    ];
+/// An emulator whose stream is declared from the row shape's own stream declaration, with strict
+/// type checks: rows that do not match what the crate prints for the DCR are refused.
+fn declared(columns: &tracing_azure_logs::Columns) -> Emulator {
+    let columns = Col::from_stream_declaration(&columns.stream_declaration()).unwrap();
     Emulator::builder()
         .declare_stream(RULE, STREAM, columns)
-        .strict_schema(strict)
+        .strict_schema(true)
         .start()
         .unwrap()
 }
 
 #[test]
 fn rows_have_every_default_column_with_json_types() {
-    let emu = declared(true);
-    let (layer, guard) = pipeline(&emu).static_column("Service", "checkout").build().unwrap();
+    let shape = |b: AzureLogsBuilder| b.static_column("Service", "checkout");
+    let emu = declared(shape(AzureLogs::builder()).columns());
+    let (layer, guard) = shape(pipeline(&emu)).build().unwrap();
     tracing::dispatcher::with_default(&dispatch(layer), || {
         let span = tracing::info_span!(
             "request",

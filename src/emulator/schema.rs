@@ -103,6 +103,31 @@ impl Column {
             kind,
         }
     }
+
+    /// The columns of a DCR `streamDeclarations` entry, `{"columns":[{"name","type"}...]}`, such
+    /// as [`Columns::stream_declaration`](crate::Columns::stream_declaration) prints. The error
+    /// says which entry is malformed.
+    pub fn from_stream_declaration(declaration: &Value) -> Result<Vec<Column>, String> {
+        let entries = declaration
+            .get("columns")
+            .and_then(Value::as_array)
+            .ok_or("a stream declaration needs a \"columns\" array")?;
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let name = entry.get("name").and_then(Value::as_str);
+                let kind = entry
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .and_then(ColumnType::from_dcr_name);
+                match (name, kind) {
+                    (Some(name), Some(kind)) => Ok(Column::new(name, kind)),
+                    _ => Err(format!("column {i} needs a \"name\" and a DCR \"type\": {entry}")),
+                }
+            })
+            .collect()
+    }
 }
 
 /// The declared columns of one stream.
@@ -322,6 +347,17 @@ pub(crate) fn is_datetime(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn columns_from_a_stream_declaration() {
+        let decl = serde_json::json!({"columns": [{"name": "TimeGenerated", "type": "datetime"}, {"name": "N", "type": "long"}]});
+        let columns = Column::from_stream_declaration(&decl).unwrap();
+        assert_eq!(columns.len(), 2);
+        assert_eq!((columns[1].name.as_str(), columns[1].kind), ("N", ColumnType::Long));
+        let err = Column::from_stream_declaration(&serde_json::json!({"columns": [{"name": "X", "type": "guid"}]}));
+        assert!(err.unwrap_err().contains("column 0"));
+        assert!(Column::from_stream_declaration(&serde_json::json!([])).is_err());
+    }
 
     #[test]
     fn datetimes() {
