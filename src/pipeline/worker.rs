@@ -8,7 +8,7 @@
 //! second buffer.
 
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -100,9 +100,9 @@ pub(crate) struct Worker {
     streams: Vec<Option<Stream>>,
     ready: VecDeque<(u64, u32, Batch)>,
     in_flight: FuturesUnordered<Upload>,
-    /// Row ids of each batch in flight, to account for them if the pipeline stops first.
+    /// Stream and row ids of each batch in flight: with `ready`, every batch not yet settled (for
+    /// flush marks), and what to count failed if the pipeline stops first.
     uploading: HashMap<u64, (u32, Vec<usize>)>,
-    unsettled: BTreeSet<u64>,
     next_batch: u64,
     taken: u64,
     /// A row popped while its stream had a closed batch waiting; placed before any other.
@@ -129,7 +129,6 @@ impl Worker {
             ready: VecDeque::new(),
             in_flight: FuturesUnordered::new(),
             uploading: HashMap::new(),
-            unsettled: BTreeSet::new(),
             next_batch: 0,
             taken: 0,
             stash: None,
@@ -313,7 +312,6 @@ impl Worker {
         if let Some(batch) = s.builder.take() {
             let id = self.next_batch;
             self.next_batch += 1;
-            self.unsettled.insert(id);
             self.ready.push_back((id, stream, batch));
         }
     }
@@ -364,7 +362,10 @@ impl Worker {
     }
 
     fn finish_flushes(&mut self) {
-        let oldest = self.unsettled.first().copied().unwrap_or(u64::MAX);
+        // Batches get increasing ids and wait in `ready` in order, so the oldest unsettled one is
+        // the front of `ready` or an upload in flight.
+        let waiting = self.ready.front().map(|(id, _, _)| *id);
+        let oldest = self.uploading.keys().copied().chain(waiting).min().unwrap_or(u64::MAX);
         self.flushes.retain(|flush| match flush.mark {
             Some(mark) if oldest >= mark => {
                 let _ = flush.reply.send(());
@@ -398,7 +399,6 @@ impl Worker {
     }
 
     fn settle(&mut self, (id, stream, done): Uploaded) {
-        self.unsettled.remove(&id);
         let ids = self.uploading.remove(&id).map(|(_, ids)| ids).unwrap_or_default();
         let done = match done {
             Ok(done) => done,
@@ -543,7 +543,6 @@ impl Worker {
             let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
             self.report(&target, reason("the batch was still open"), batch.ids().to_vec(), rows);
         }
-        self.unsettled.clear();
         let mut queued = u64::from(self.stash.take().is_some());
         while let Some(row) = self.queue.pop() {
             queued += 1;
