@@ -72,22 +72,27 @@ impl Default for Columns {
 }
 
 impl Columns {
+    /// The default columns with their DCR types, in row order (`None` where turned off).
+    fn defaults(&self) -> [(&Option<String>, &'static str); 9] {
+        [
+            (&self.time_generated, "datetime"),
+            (&self.level, "string"),
+            (&self.target, "string"),
+            (&self.message, "string"),
+            (&self.properties, "dynamic"),
+            (&self.spans, "dynamic"),
+            (&self.file, "string"),
+            (&self.line, "int"),
+            (&self.thread, "string"),
+        ]
+    }
+
     /// Every column name in use, defaults then statics, in row order.
     fn names(&self) -> impl Iterator<Item = &str> {
-        [
-            &self.time_generated,
-            &self.level,
-            &self.target,
-            &self.message,
-            &self.properties,
-            &self.spans,
-            &self.file,
-            &self.line,
-            &self.thread,
-        ]
-        .into_iter()
-        .filter_map(|c| c.as_deref())
-        .chain(self.statics.iter().map(|(n, _)| n.as_str()))
+        self.defaults()
+            .into_iter()
+            .filter_map(|(name, _)| name.as_deref())
+            .chain(self.statics.iter().map(|(n, _)| n.as_str()))
     }
 
     /// Fails on an empty column name or one used twice (rows would carry duplicate keys).
@@ -129,17 +134,6 @@ impl Columns {
 
     /// Every column with its DCR type, in row order.
     fn typed_columns(&self) -> Vec<Value> {
-        let defaults = [
-            (&self.time_generated, "datetime"),
-            (&self.level, "string"),
-            (&self.target, "string"),
-            (&self.message, "string"),
-            (&self.properties, "dynamic"),
-            (&self.spans, "dynamic"),
-            (&self.file, "string"),
-            (&self.line, "int"),
-            (&self.thread, "string"),
-        ];
         let statics = self.statics.iter().map(|(name, value)| {
             let kind = match value {
                 Value::Bool(_) => "boolean",
@@ -150,7 +144,7 @@ impl Columns {
             };
             (name.as_str(), kind)
         });
-        defaults
+        self.defaults()
             .into_iter()
             .filter_map(|(name, kind)| name.as_deref().map(|n| (n, kind)))
             .chain(statics)
