@@ -11,6 +11,10 @@
 //! part, so the timed events are enqueued, not dropped, while the worker drains, gzips and uploads
 //! concurrently on the same 2 cores. Drops are counted and printed at the end (expected 0).
 //!
+//! Criterion's figures are wall-clock. The summary also gives each emitting thread's own CPU time
+//! per event (`*_cpu`, from `CLOCK_THREAD_CPUTIME_ID`): on 2 cores the worker and the in-process
+//! emulator preempt the emitters, which wall-clock time counts and CPU time does not.
+//!
 //! Environment: `BENCH_CHUNK=N` changes the chunk; `BENCH_ALLOC_BACKTRACE=N` prints where the
 //! first N steady-state allocations of the layer's events come from; `BENCH_PROFILE_EVENTS=N`
 //! only emits N events through the layer and exits (for `valgrind --tool=callgrind
@@ -155,6 +159,21 @@ fn record(group: &'static str, name: &'static str, elapsed: Duration, events: u6
     entry.1 += events;
 }
 
+/// Emits `n` events in the request span and returns the wall-clock time they took; the thread's
+/// CPU time for them is recorded under `cpu_group`. The two differ when other threads (the
+/// worker, the in-process emulator, the other emitter) take this thread's core meanwhile.
+fn timed_events(cpu_group: &'static str, name: &'static str, n: u64) -> Duration {
+    in_request_span(|| {
+        let cpu = common::this_thread_cpu_ns();
+        let start = Instant::now();
+        events(n);
+        let wall = start.elapsed();
+        let cpu = Duration::from_nanos(common::this_thread_cpu_ns() - cpu);
+        record(cpu_group, name, cpu, n);
+        wall
+    })
+}
+
 /// One thread emits `iters` events in chunks; only the emission is timed.
 fn one_thread(v: &Variant, iters: u64) -> Duration {
     tracing::dispatcher::with_default(&v.dispatch, || {
@@ -162,11 +181,7 @@ fn one_thread(v: &Variant, iters: u64) -> Duration {
         let mut left = iters;
         while left > 0 {
             let n = left.min(chunk());
-            elapsed += in_request_span(|| {
-                let start = Instant::now();
-                events(n);
-                start.elapsed()
-            });
+            elapsed += timed_events("one_thread_cpu", v.name, n);
             left -= n;
             v.settle();
         }
@@ -193,11 +208,7 @@ fn two_threads(v: &Variant, iters: u64) -> Duration {
                             for _ in 0..chunks {
                                 let n = left.min(chunk());
                                 barrier.wait();
-                                elapsed += in_request_span(|| {
-                                    let start = Instant::now();
-                                    events(n);
-                                    start.elapsed()
-                                });
+                                elapsed += timed_events("two_threads_cpu", v.name, n);
                                 left -= n;
                                 barrier.wait();
                                 if t == 0 {
@@ -399,9 +410,12 @@ fn main() {
     group.finish();
     criterion.final_summary();
 
-    println!("== summary: mean ns/event per thread over every timed run (warm-up included) ==");
+    println!(
+        "== summary: mean ns/event per thread over every timed run (warm-up included); *_cpu: the emitting \
+         thread's own CPU time =="
+    );
     let totals = TOTALS.lock().unwrap().clone();
-    for group in ["one_thread", "two_threads"] {
+    for group in ["one_thread", "one_thread_cpu", "two_threads", "two_threads_cpu"] {
         let ns = |name: &'static str| {
             totals
                 .get(&(group, name))

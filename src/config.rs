@@ -17,7 +17,7 @@ use crate::pipeline::{AzureLogsGuard, FullPolicy};
 use crate::route::{FieldRoute, Routes};
 use crate::row::{Columns, RowShape};
 
-/// Most rows a queue can be set to hold (its slots are allocated when the pipeline starts).
+/// Most rows a queue can be set to hold; bound memory with `queue_max_bytes`.
 pub const MAX_QUEUE_ROWS: usize = 4 * 1024 * 1024;
 
 /// Environment variable with the ingestion endpoint (a DCE, or the DCR's logs ingestion endpoint).
@@ -235,7 +235,9 @@ impl AzureLogsBuilder {
         self
     }
 
-    /// Queue capacity in bytes of encoded rows. Default 32 MiB.
+    /// Queue capacity in bytes of encoded rows. Default 32 MiB. Rows are kept in pages of up to
+    /// 64 KiB (a 64th of this, at least 1 KiB; a bigger row gets a page of its own size), taken
+    /// from a pool that never holds more than this.
     pub fn queue_max_bytes(mut self, bytes: usize) -> Self {
         self.queue_bytes = bytes;
         self
@@ -369,8 +371,7 @@ impl AzureLogsBuilder {
             return Err(ConfigError::InvalidOption {
                 option: "queue_capacity",
                 reason: format!(
-                    "{} rows is over the limit of {MAX_QUEUE_ROWS} (slots are allocated up front); bound memory with \
-                     queue_max_bytes instead",
+                    "{} rows is over the limit of {MAX_QUEUE_ROWS}; bound memory with queue_max_bytes instead",
                     self.queue_rows
                 ),
             });

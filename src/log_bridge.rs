@@ -95,7 +95,7 @@ impl log::Log for AzureLogger {
     }
 
     fn log(&self, record: &Record<'_>) {
-        let queue = &*self.queue;
+        let queue = &self.queue;
         if !self.enabled(record.metadata()) || !queue.admit() {
             return;
         }

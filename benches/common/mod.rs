@@ -164,10 +164,12 @@ impl ThreadStat {
     }
 }
 
-/// This thread's CPU time on CPU, in ns.
+/// This thread's CPU time, in ns (`CLOCK_THREAD_CPUTIME_ID`: exact, unlike `/proc/*/schedstat`,
+/// which a running thread sees only up to its last scheduler tick).
 pub fn this_thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write to; the clock id is a constant Linux supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

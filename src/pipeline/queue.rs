@@ -1,19 +1,37 @@
-//! The hot path's only shared state: a bounded lock-free row queue, and a free list of emptied
-//! buffers the worker hands back so that producers reuse memory instead of allocating (and the
-//! worker never frees what an application thread allocated).
+//! The hot path's only shared state: a bounded queue made of pages that each producer thread
+//! fills on its own, so that emitting threads share no cache line per event.
+//!
+//! - A producer thread encodes a row in its reused scratch buffer, copies it into *its* open page
+//!   and publishes it with one release store. No compare-and-swap, no lock, no allocation, no
+//!   wake-up. Only when a page is full does it touch shared state: it seals the page and takes the
+//!   next one from the pool (page memory is reused, never freed by the worker).
+//! - A page is handed to the worker when it is opened, so rows of an idle thread are read (and
+//!   flushed) without that thread's help.
+//! - Bounds: `max_bytes` of pages (pages of up to 64 KiB) and `max_rows` rows, the latter lent to
+//!   each open page in small chunks. When either runs out the row is dropped and counted, or the
+//!   producer waits up to the `Block` timeout.
+//! - Counts: each producer thread counts its rows in its own counter; `counts()` sums them.
 
+use std::cell::{RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
-/// Buffers larger than this are not kept for reuse (one huge event must not pin memory).
-const MAX_POOLED_CAPACITY: usize = 1024;
-/// Buffers kept for reuse at most: enough for bursts of tens of thousands of events between two
-/// worker ticks, and at most 32 MiB even if every one grew to the largest pooled size. Rows over
-/// 1 KiB allocate their buffer each time.
-const MAX_POOLED_BUFFERS: usize = 32 * 1024;
-const FRESH_CAPACITY: usize = 512;
+/// Page size for the default 32 MiB queue; smaller queues use smaller pages (down to 1 KiB).
+const MAX_PAGE_BYTES: usize = 64 * 1024;
+const MIN_PAGE_BYTES: usize = 1024;
+/// Each row in a page: its length and its stream, then its JSON.
+const HEADER: usize = 8;
+/// Rows a page may hold at most, as a share of the queue's row capacity: what an idle thread's
+/// open page can hold back from the others.
+const CREDIT_SHARE: usize = 256;
+const MAX_CREDIT: usize = 1024;
+/// Scratch buffers kept per thread, and the capacity above which one is not kept.
+const KEPT_SCRATCH: usize = 4;
+const MAX_KEPT_SCRATCH_BYTES: usize = 64 * 1024;
+const FRESH_SCRATCH_BYTES: usize = 512;
 
 /// What a producer does when the queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,13 +41,6 @@ pub enum FullPolicy {
     DropNewest,
     /// Wait up to this long for room, then drop and count. The calling thread stalls meanwhile.
     Block(Duration),
-}
-
-/// One encoded row and the stream it goes to.
-#[derive(Debug)]
-pub(crate) struct Queued {
-    pub(crate) stream: u32,
-    pub(crate) json: Vec<u8>,
 }
 
 /// Counters that producers and the worker update.
@@ -43,45 +54,171 @@ pub(crate) struct Counters {
     pub(crate) diagnostic_rows: AtomicU64,
 }
 
+/// A run of encoded rows written by one producer and read by the worker. Aligned so that no two
+/// pages' counters share a cache line (producers on two cores would slow each other down).
+#[repr(align(128))]
+pub(crate) struct Page {
+    data: Box<[UnsafeCell<u8>]>,
+    /// `rows << 32 | bytes` written so far, stored with `Release` after the bytes.
+    committed: AtomicU64,
+    /// Stored with `Release` after the last row: the page takes no more.
+    sealed: AtomicBool,
+}
+
+// SAFETY: a page has one producer at a time (the thread that took it from the pool, until it
+// seals it). The producer writes only above `committed` and then publishes with a `Release`
+// store; the worker reads only below a `committed` value it loaded with `Acquire`. A page goes
+// back to the pool (and to another producer) only after the worker has read it to the end and
+// dropped every slice of it.
+unsafe impl Sync for Page {}
+
+impl std::fmt::Debug for Page {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (rows, bytes) = self.committed();
+        f.debug_struct("Page")
+            .field("capacity", &self.capacity())
+            .field("rows", &rows)
+            .field("bytes", &bytes)
+            .finish()
+    }
+}
+
+impl Page {
+    fn new(capacity: usize) -> Arc<Page> {
+        Arc::new(Page {
+            data: (0..capacity).map(|_| UnsafeCell::new(0)).collect(),
+            committed: AtomicU64::new(0),
+            sealed: AtomicBool::new(false),
+        })
+    }
+
+    fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Rows and bytes published so far.
+    fn committed(&self) -> (u32, usize) {
+        let c = self.committed.load(Ordering::Acquire);
+        ((c >> 32) as u32, (c & u64::from(u32::MAX)) as usize)
+    }
+
+    /// Copies `row`, after its header, at `at`.
+    ///
+    /// # Safety
+    /// The caller is the page's producer, `at` is at or above what it has published, and the row
+    /// fits (`at + HEADER + row.len() <= capacity`).
+    unsafe fn write(&self, at: usize, stream: u32, row: &[u8]) {
+        debug_assert!(at + HEADER + row.len() <= self.capacity());
+        let mut header = [0u8; HEADER];
+        header[..4].copy_from_slice(&(row.len() as u32).to_le_bytes());
+        header[4..].copy_from_slice(&stream.to_le_bytes());
+        let base = UnsafeCell::raw_get(self.data.as_ptr());
+        // SAFETY: in bounds (above); no one else reads or writes these bytes (see `Sync`).
+        unsafe {
+            std::ptr::copy_nonoverlapping(header.as_ptr(), base.add(at), HEADER);
+            std::ptr::copy_nonoverlapping(row.as_ptr(), base.add(at + HEADER), row.len());
+        }
+    }
+
+    /// The published bytes from `from` on, and the published row count.
+    fn published_from(&self, from: usize) -> (&[u8], u32) {
+        let (rows, bytes) = self.committed();
+        let from = from.min(bytes);
+        let base = UnsafeCell::raw_get(self.data.as_ptr());
+        // SAFETY: bytes below `committed` are written and never change until the page is
+        // recycled, which needs the worker's `&mut Reader` that this borrow comes from.
+        let slice = unsafe { std::slice::from_raw_parts(base.add(from), bytes - from) };
+        (slice, rows)
+    }
+}
+
+/// One producer thread's row count, summed by [`Queue::counts`]. Aligned to its own cache lines:
+/// its thread writes it on every row.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
+    enqueued: AtomicU64,
+    /// Cleared when the thread's slot is gone: the count is final and can be folded.
+    live: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Shards {
+    live: Vec<Arc<Shard>>,
+    /// Rows counted by slots that are gone.
+    retired: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Queue {
-    rows: ArrayQueue<Queued>,
-    free: ArrayQueue<Vec<u8>>,
-    /// Capacity of the queued rows' buffers: what they really occupy.
-    queued_bytes: AtomicUsize,
-    max_bytes: usize,
+    /// Unique per queue: producer slots are keyed on it.
+    id: u64,
+    page_bytes: usize,
+    max_pages: usize,
+    /// Pages charged against `max_pages`: pooled ones, in use ones, and big ones (several each).
+    charged: AtomicUsize,
+    pool: ArrayQueue<Arc<Page>>,
+    /// Pages opened by producers, in order, not yet seen by the worker.
+    published: ArrayQueue<Arc<Page>>,
+    /// Row capacity not lent to a page.
+    free_rows: AtomicUsize,
+    credit: usize,
     policy: FullPolicy,
     closed: AtomicBool,
-    /// Set once the worker has taken its last row: rows still queued then are never sent.
+    /// Set once the worker has taken its last row: rows published then are never sent.
     stopped: AtomicBool,
+    shards: Mutex<Shards>,
+    /// Rows written without a thread slot (from thread-local destructors).
+    unslotted: AtomicU64,
     pub(crate) counters: Counters,
 }
 
 impl Queue {
     pub(crate) fn new(max_rows: usize, max_bytes: usize, policy: FullPolicy) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let max_rows = max_rows.max(1);
+        let page_bytes = (max_bytes / 64).clamp(MIN_PAGE_BYTES, MAX_PAGE_BYTES);
+        let max_pages = (max_bytes / page_bytes).max(1);
         Queue {
-            rows: ArrayQueue::new(max_rows.max(1)),
-            free: ArrayQueue::new(max_rows.clamp(1, MAX_POOLED_BUFFERS)),
-            queued_bytes: AtomicUsize::new(0),
-            max_bytes,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            page_bytes,
+            max_pages,
+            charged: AtomicUsize::new(0),
+            pool: ArrayQueue::new(max_pages),
+            published: ArrayQueue::new(max_pages),
+            free_rows: AtomicUsize::new(max_rows),
+            credit: (max_rows / CREDIT_SHARE).clamp(1, MAX_CREDIT),
             policy,
             closed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            shards: Mutex::new(Shards::default()),
+            unslotted: AtomicU64::new(0),
             counters: Counters::default(),
         }
     }
 
-    /// An empty buffer, reused when one is free.
+    /// An empty buffer to encode a row in: this thread's reused scratch buffer when it has one.
     pub(crate) fn buffer(&self) -> Vec<u8> {
-        self.free.pop().unwrap_or_else(|| Vec::with_capacity(FRESH_CAPACITY))
+        PRODUCER
+            .try_with(|p| p.try_borrow_mut().ok()?.scratch.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Vec::with_capacity(FRESH_SCRATCH_BYTES))
     }
 
-    /// Hands an emptied buffer back for reuse, unless it is oversized or the pool is full.
+    /// Hands a buffer from [`buffer`](Self::buffer) back for reuse on this thread.
     pub(crate) fn recycle(&self, mut buf: Vec<u8>) {
-        if buf.capacity() <= MAX_POOLED_CAPACITY {
-            buf.clear();
-            let _ = self.free.push(buf);
+        if buf.capacity() > MAX_KEPT_SCRATCH_BYTES {
+            return;
         }
+        buf.clear();
+        let _ = PRODUCER.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut()
+                && p.scratch.len() < KEPT_SCRATCH
+            {
+                p.scratch.push(buf);
+            }
+        });
     }
 
     /// Whether producers should stop (the guard is gone); their rows count as dropped.
@@ -108,7 +245,7 @@ impl Queue {
     }
 
     /// The worker has taken its last row. A producer that passed the `closed` check just before
-    /// shutdown may still land a row in the queue; such rows count as dropped (see [`counts`]).
+    /// shutdown may still publish a row; such rows count as dropped (see [`counts`]).
     ///
     /// [`counts`]: Queue::counts
     pub(crate) fn stop(&self) {
@@ -116,71 +253,430 @@ impl Queue {
         self.stopped.store(true, Ordering::SeqCst);
     }
 
-    /// `(enqueued, dropped)`: rows taken by the worker plus those queued, and rows dropped. Once
-    /// the pipeline has stopped, rows left in the queue are dropped rather than enqueued, so
-    /// `sent + failed + dropped` always equals what producers emitted.
+    /// `(enqueued, dropped)`. Once the pipeline has stopped, rows the worker never took are
+    /// dropped rather than enqueued, so `sent + failed + dropped` always equals what producers
+    /// emitted.
     pub(crate) fn counts(&self) -> (u64, u64) {
+        let stopped = self.stopped.load(Ordering::SeqCst);
+        // `taken` first: every row the worker took was counted before it was published.
         let taken = self.counters.taken.load(Ordering::Acquire);
         let dropped = self.counters.dropped.load(Ordering::Relaxed);
-        let queued = self.rows.len() as u64;
-        if self.stopped.load(Ordering::SeqCst) {
-            (taken, dropped + queued)
+        let enqueued = self.enqueued().max(taken);
+        if stopped {
+            (taken, dropped + (enqueued - taken))
         } else {
-            (taken + queued, dropped)
+            (enqueued, dropped)
         }
+    }
+
+    /// Rows published by every producer so far.
+    fn enqueued(&self) -> u64 {
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        let Shards { live, retired } = &mut *shards;
+        let mut total = self.unslotted.load(Ordering::Acquire);
+        live.retain(|shard| {
+            // `live` first: once it reads false, the count it guards is final.
+            let alive = shard.live.load(Ordering::Acquire);
+            let n = shard.enqueued.load(Ordering::Acquire);
+            if alive {
+                total += n;
+            } else {
+                *retired += n;
+            }
+            alive
+        });
+        total + *retired
     }
 
     /// Enqueues a row without blocking (unless the policy says so); on failure the row is counted
-    /// as dropped and its buffer recycled. Returns whether it was enqueued.
-    pub(crate) fn push(&self, stream: u32, json: Vec<u8>) -> bool {
-        let charge = json.capacity();
-        let mut item = Queued { stream, json };
+    /// as dropped. The buffer goes back to this thread for reuse. Returns whether it was enqueued.
+    pub(crate) fn push(self: &Arc<Self>, stream: u32, row: Vec<u8>) -> bool {
         let mut deadline = None;
-        loop {
-            // Checked before every try: a blocked producer must not land a row after shutdown.
+        let pushed = loop {
+            // Checked before every try: a blocked producer must not publish after shutdown.
             if self.is_closed() {
-                return self.drop_row(item.json);
+                break false;
             }
-            // Reserve the bytes first (one atomic add), give them back if the row does not go in.
-            if self.queued_bytes.fetch_add(charge, Ordering::Relaxed) + charge <= self.max_bytes {
-                match self.rows.push(item) {
-                    Ok(()) => return true,
-                    Err(back) => item = back,
-                }
+            if self.append(stream, &row) {
+                break true;
             }
-            self.queued_bytes.fetch_sub(charge, Ordering::Relaxed);
             // Never wait on the worker's own thread (a table row sent from `on_error`): it is the
             // queue's only consumer.
             let FullPolicy::Block(wait) = self.policy else {
-                return self.drop_row(item.json);
+                break false;
             };
             if super::worker::in_worker() {
-                return self.drop_row(item.json);
+                break false;
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
             if Instant::now() >= deadline {
-                return self.drop_row(item.json);
+                break false;
             }
             std::thread::sleep(Duration::from_micros(100));
+        };
+        if !pushed {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.recycle(row);
+        pushed
+    }
+
+    /// Writes the row into this thread's open page (opening one when needed); whether there was
+    /// room.
+    fn append(self: &Arc<Self>, stream: u32, row: &[u8]) -> bool {
+        let appended = PRODUCER.try_with(|p| {
+            let mut p = p.try_borrow_mut().ok()?;
+            Some(p.slot(self).append(self, stream, row))
+        });
+        match appended {
+            Ok(Some(done)) => done,
+            // This thread's slots are being torn down (an event from a thread-local destructor).
+            _ => self.append_unslotted(stream, row),
         }
     }
 
-    fn drop_row(&self, json: Vec<u8>) -> bool {
-        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        self.recycle(json);
-        false
+    /// A page of its own for one row, sealed at once.
+    fn append_unslotted(&self, stream: u32, row: &[u8]) -> bool {
+        // Counted before it is published, like rows in slots.
+        self.unslotted.fetch_add(1, Ordering::Release);
+        let mut slot = Slot::detached(self);
+        let appended = slot.append(self, stream, row);
+        if !appended {
+            self.unslotted.fetch_sub(1, Ordering::Release);
+        }
+        slot.seal(self);
+        appended
     }
 
-    /// Rows in the queue now.
-    pub(crate) fn len(&self) -> usize {
-        self.rows.len()
+    /// Lends row capacity to a page: up to `credit` rows, none when the queue is full.
+    fn take_credit(&self) -> Option<usize> {
+        let mut free = self.free_rows.load(Ordering::Relaxed);
+        loop {
+            if free == 0 {
+                return None;
+            }
+            let take = free.min(self.credit);
+            match self
+                .free_rows
+                .compare_exchange_weak(free, free - take, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(take),
+                Err(now) => free = now,
+            }
+        }
     }
 
-    /// The next row, for the worker.
-    pub(crate) fn pop(&self) -> Option<Queued> {
-        let item = self.rows.pop()?;
-        self.queued_bytes.fetch_sub(item.json.capacity(), Ordering::Relaxed);
-        Some(item)
+    fn return_credit(&self, rows: usize) {
+        if rows > 0 {
+            self.free_rows.fetch_add(rows, Ordering::Relaxed);
+        }
+    }
+
+    /// Pages charged for a page of `capacity` bytes.
+    fn charge_of(&self, capacity: usize) -> usize {
+        capacity.div_ceil(self.page_bytes)
+    }
+
+    /// An empty page for a row needing `need` bytes: from the pool, or allocated within the byte
+    /// bound (a row bigger than a page gets a page of its own size, for which pooled pages are
+    /// freed if needed).
+    fn page_for(&self, need: usize) -> Option<Arc<Page>> {
+        let capacity = need.max(self.page_bytes);
+        if capacity == self.page_bytes
+            && let Some(page) = self.pool.pop()
+        {
+            return Some(page);
+        }
+        let charge = self.charge_of(capacity);
+        let mut charged = self.charged.load(Ordering::Relaxed);
+        loop {
+            if charged + charge > self.max_pages {
+                // Room held by idle pooled pages is given back before giving up.
+                drop(self.pool.pop()?);
+                charged = self.charged.fetch_sub(1, Ordering::Relaxed) - 1;
+                continue;
+            }
+            match self
+                .charged
+                .compare_exchange_weak(charged, charged + charge, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(Page::new(capacity)),
+                Err(now) => charged = now,
+            }
+        }
+    }
+
+    /// The worker is done with `page`: pooled for reuse, or freed if it is a big one.
+    fn release(&self, page: Arc<Page>) {
+        if page.capacity() == self.page_bytes {
+            page.committed.store(0, Ordering::Relaxed);
+            page.sealed.store(false, Ordering::Relaxed);
+            if self.pool.push(page).is_ok() {
+                return;
+            }
+            self.charged.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.charged
+                .fetch_sub(self.charge_of(page.capacity()), Ordering::Relaxed);
+        }
+    }
+
+    fn register(&self) -> Arc<Shard> {
+        let shard = Arc::new(Shard {
+            enqueued: AtomicU64::new(0),
+            live: AtomicBool::new(true),
+        });
+        self.shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .live
+            .push(shard.clone());
+        shard
+    }
+}
+
+thread_local! {
+    static PRODUCER: RefCell<Producer> = const { RefCell::new(Producer { scratch: Vec::new(), slots: Vec::new() }) };
+}
+
+/// A thread's producer state: scratch buffers, and one slot per queue it writes to.
+struct Producer {
+    scratch: Vec<Vec<u8>>,
+    slots: Vec<Slot>,
+}
+
+impl Producer {
+    fn slot(&mut self, queue: &Arc<Queue>) -> &mut Slot {
+        match self.slots.iter().position(|s| s.queue_id == queue.id) {
+            Some(i) => &mut self.slots[i],
+            None => {
+                // Slots of queues that are gone or closed only hold pages back.
+                self.slots.retain(|s| s.queue.upgrade().is_some_and(|q| !q.is_closed()));
+                self.slots.push(Slot::new(queue));
+                self.slots.last_mut().expect("just pushed")
+            }
+        }
+    }
+}
+
+/// A thread's open page in one queue.
+struct Slot {
+    queue_id: u64,
+    queue: Weak<Queue>,
+    shard: Option<Arc<Shard>>,
+    page: Option<Arc<Page>>,
+    bytes: usize,
+    rows: usize,
+    credit: usize,
+    enqueued: u64,
+}
+
+impl Slot {
+    fn new(queue: &Arc<Queue>) -> Slot {
+        Slot {
+            queue_id: queue.id,
+            queue: Arc::downgrade(queue),
+            shard: Some(queue.register()),
+            page: None,
+            bytes: 0,
+            rows: 0,
+            credit: 0,
+            enqueued: 0,
+        }
+    }
+
+    /// A slot used for one row and sealed at once; its count is kept by the caller.
+    fn detached(queue: &Queue) -> Slot {
+        Slot {
+            queue_id: queue.id,
+            queue: Weak::new(),
+            shard: None,
+            page: None,
+            bytes: 0,
+            rows: 0,
+            credit: 0,
+            enqueued: 0,
+        }
+    }
+
+    fn append(&mut self, queue: &Queue, stream: u32, row: &[u8]) -> bool {
+        let need = HEADER + row.len();
+        let fits = self
+            .page
+            .as_ref()
+            .is_some_and(|p| self.rows < self.credit && self.bytes + need <= p.capacity());
+        if !fits {
+            self.seal(queue);
+            if !self.open(queue, need) {
+                return false;
+            }
+        }
+        let page = self.page.as_ref().expect("opened above");
+        // SAFETY: this slot is the page's producer, `bytes` is what it published, and the row fits.
+        unsafe { page.write(self.bytes, stream, row) };
+        self.bytes += need;
+        self.rows += 1;
+        self.enqueued += 1;
+        // Counted before it is published, so that the worker never takes an uncounted row.
+        if let Some(shard) = &self.shard {
+            shard.enqueued.store(self.enqueued, Ordering::Relaxed);
+        }
+        page.committed
+            .store(((self.rows as u64) << 32) | self.bytes as u64, Ordering::Release);
+        true
+    }
+
+    fn open(&mut self, queue: &Queue, need: usize) -> bool {
+        let Some(credit) = queue.take_credit() else {
+            return false;
+        };
+        let Some(page) = queue.page_for(need) else {
+            queue.return_credit(credit);
+            return false;
+        };
+        if let Err(page) = queue.published.push(page.clone()) {
+            // Cannot happen: `published` holds as many pages as can be charged.
+            queue.release(page);
+            queue.return_credit(credit);
+            return false;
+        }
+        self.page = Some(page);
+        self.credit = credit;
+        true
+    }
+
+    /// Closes the open page: the worker frees it once read, and unused row capacity goes back.
+    fn seal(&mut self, queue: &Queue) {
+        if let Some(page) = self.page.take() {
+            queue.return_credit(self.credit - self.rows);
+            page.sealed.store(true, Ordering::Release);
+        }
+        self.bytes = 0;
+        self.rows = 0;
+        self.credit = 0;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        match self.queue.upgrade() {
+            Some(queue) => self.seal(&queue),
+            None => {
+                if let Some(page) = self.page.take() {
+                    page.sealed.store(true, Ordering::Release);
+                }
+            }
+        }
+        if let Some(shard) = &self.shard {
+            shard.live.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// The worker's side: the pages producers have opened, in the order they opened them, and how
+/// far each is read.
+#[derive(Debug, Default)]
+pub(crate) struct Reader {
+    pages: Vec<Reading>,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+struct Reading {
+    seq: u64,
+    page: Arc<Page>,
+    read_bytes: usize,
+    /// Sealed and read to the end: goes back to the queue.
+    done: bool,
+}
+
+/// Where a flush waits: each page's published bytes when the flush was asked for.
+pub(crate) type Marks = Vec<(u64, usize)>;
+
+impl Reader {
+    fn collect(&mut self, queue: &Queue) {
+        while let Some(page) = queue.published.pop() {
+            self.pages.push(Reading {
+                seq: self.next_seq,
+                page,
+                read_bytes: 0,
+                done: false,
+            });
+            self.next_seq += 1;
+        }
+    }
+
+    /// Hands published rows to `take` in order, at most `max`; `take` returns false to leave a
+    /// row (and every later one) for the next call. Pages read to the end once sealed go back to
+    /// the pool. Returns the rows taken.
+    pub(crate) fn read(&mut self, queue: &Queue, max: usize, mut take: impl FnMut(u32, &[u8]) -> bool) -> usize {
+        self.collect(queue);
+        let mut taken = 0;
+        let mut stopped = false;
+        for reading in &mut self.pages {
+            // `sealed` first: when it is set, the published count read next is final.
+            let sealed = reading.page.sealed.load(Ordering::Acquire);
+            let (mut rest, _) = reading.page.published_from(reading.read_bytes);
+            while rest.len() >= HEADER {
+                if taken == max {
+                    stopped = true;
+                    break;
+                }
+                let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                let stream = u32::from_le_bytes(rest[4..HEADER].try_into().expect("4 bytes"));
+                let row = &rest[HEADER..HEADER + len];
+                if !take(stream, row) {
+                    stopped = true;
+                    break;
+                }
+                taken += 1;
+                reading.read_bytes += HEADER + len;
+                rest = &rest[HEADER + len..];
+            }
+            if stopped {
+                break;
+            }
+            reading.done = sealed;
+        }
+        queue.return_credit(taken);
+        for reading in self.pages.extract_if(.., |r| r.done) {
+            queue.release(reading.page);
+        }
+        taken
+    }
+
+    /// Each page's published bytes now, where a flush asked for now has to read up to.
+    pub(crate) fn marks(&mut self, queue: &Queue) -> Marks {
+        self.collect(queue);
+        self.pages
+            .iter()
+            .filter_map(|r| {
+                let (_, bytes) = r.page.committed();
+                (bytes > r.read_bytes).then_some((r.seq, bytes))
+            })
+            .collect()
+    }
+
+    /// Whether every page has been read up to `marks`.
+    pub(crate) fn reached(&self, marks: &Marks) -> bool {
+        marks.iter().all(|&(seq, bytes)| {
+            match self.pages.binary_search_by_key(&seq, |r| r.seq) {
+                Ok(i) => self.pages[i].read_bytes >= bytes,
+                // Released: read to the end.
+                Err(_) => true,
+            }
+        })
+    }
+
+    /// Counts every published row not read yet and skips it (at shutdown).
+    pub(crate) fn discard(&mut self, queue: &Queue) -> u64 {
+        let mut n = 0u64;
+        let taken = self.read(queue, usize::MAX, |_, _| {
+            n += 1;
+            true
+        });
+        debug_assert_eq!(taken as u64, n);
+        n
     }
 }
 
@@ -188,85 +684,239 @@ impl Queue {
 mod tests {
     use super::*;
 
-    #[test]
-    fn full_queue_drops_and_counts() {
-        let q = Queue::new(2, 1 << 20, FullPolicy::DropNewest);
-        assert!(q.push(0, b"{}".to_vec()));
-        assert!(q.push(0, b"{}".to_vec()));
-        assert!(!q.push(0, b"{}".to_vec()));
-        assert_eq!(q.counters.dropped.load(Ordering::Relaxed), 1);
-        assert_eq!(q.counts(), (2, 1));
-        assert!(q.pop().is_some());
-        assert!(q.push(0, b"{}".to_vec()));
+    fn read_all(reader: &mut Reader, q: &Queue) -> Vec<(u32, Vec<u8>)> {
+        let mut rows = Vec::new();
+        reader.read(q, usize::MAX, |stream, row| {
+            rows.push((stream, row.to_vec()));
+            true
+        });
+        rows
+    }
+
+    fn push(q: &Arc<Queue>, row: &[u8]) -> bool {
+        let mut buf = q.buffer();
+        buf.extend_from_slice(row);
+        q.push(0, buf)
     }
 
     #[test]
-    fn byte_cap_counts_buffer_capacity_and_drops_before_the_row_cap() {
-        let q = Queue::new(100, 10, FullPolicy::DropNewest);
-        assert!(q.push(0, Vec::with_capacity(6)));
-        assert!(!q.push(0, Vec::with_capacity(6)));
-        assert!(q.push(0, Vec::with_capacity(4)));
-        assert!(q.pop().is_some());
-        assert!(q.push(0, Vec::with_capacity(6)), "popping gave the bytes back");
+    fn rows_come_out_in_order_with_their_stream() {
+        let q = Arc::new(Queue::new(1000, 1 << 20, FullPolicy::DropNewest));
+        let mut reader = Reader::default();
+        for i in 0..100u32 {
+            let mut buf = q.buffer();
+            buf.extend_from_slice(format!("{{\"i\":{i}}}").as_bytes());
+            assert!(q.push(i % 3, buf));
+        }
+        let rows = read_all(&mut reader, &q);
+        assert_eq!(rows.len(), 100);
+        for (i, (stream, row)) in rows.iter().enumerate() {
+            assert_eq!(*stream, i as u32 % 3);
+            assert_eq!(row, format!("{{\"i\":{i}}}").as_bytes());
+        }
+        assert_eq!(q.counts(), (100, 0));
+        assert!(read_all(&mut reader, &q).is_empty());
+    }
+
+    #[test]
+    fn full_queue_drops_and_counts() {
+        let q = Arc::new(Queue::new(2, 1 << 20, FullPolicy::DropNewest));
+        let mut reader = Reader::default();
+        assert!(push(&q, b"{}"));
+        assert!(push(&q, b"{}"));
+        assert!(!push(&q, b"{}"));
+        assert_eq!(q.counters.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(q.counts(), (2, 1));
+        assert_eq!(read_all(&mut reader, &q).len(), 2);
+        assert!(push(&q, b"{}"), "reading gave the room back");
+    }
+
+    #[test]
+    fn byte_cap_bounds_the_pages() {
+        // 4 KiB of 1 KiB pages: rows of 500 bytes fill two per page, so eight fit.
+        let q = Arc::new(Queue::new(1000, 4096, FullPolicy::DropNewest));
+        let row = vec![b'x'; 500 - HEADER];
+        let accepted = (0..20).filter(|_| push(&q, &row)).count();
+        assert_eq!(accepted, 8);
+        let mut reader = Reader::default();
+        assert_eq!(read_all(&mut reader, &q).len(), 8);
+        assert!(push(&q, &row), "read pages went back to the pool");
+    }
+
+    #[test]
+    fn a_row_bigger_than_a_page_gets_its_own_page_within_the_byte_cap() {
+        let q = Arc::new(Queue::new(1000, 8192, FullPolicy::DropNewest));
+        assert!(push(&q, b"{}"));
+        let big = vec![b'y'; 3000];
+        assert!(push(&q, &big), "3 pages charged of 8");
+        let huge = vec![b'z'; 9000];
+        assert!(!push(&q, &huge), "over the whole byte cap");
+        let mut reader = Reader::default();
+        let rows = read_all(&mut reader, &q);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].1, big);
+        assert_eq!(
+            q.charged.load(Ordering::Relaxed),
+            1,
+            "the big page was freed, the small one pooled"
+        );
     }
 
     #[test]
     fn block_policy_waits_for_room_then_gives_up() {
-        let q = std::sync::Arc::new(Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_secs(5))));
-        assert!(q.push(0, b"{}".to_vec()));
+        let q = Arc::new(Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_secs(5))));
+        assert!(push(&q, b"{}"));
         let q2 = q.clone();
-        let popper = std::thread::spawn(move || {
-            // Frees the slot, whenever the producer is waiting on it.
+        let reader = std::thread::spawn(move || {
+            // Frees the row's room, whenever the producer is waiting on it.
+            let mut reader = Reader::default();
             let deadline = Instant::now() + Duration::from_secs(5);
-            while q2.pop().is_none() && Instant::now() < deadline {}
+            while read_all(&mut reader, &q2).is_empty() && Instant::now() < deadline {}
         });
-        assert!(q.push(0, b"{}".to_vec()), "waited for room");
-        popper.join().unwrap();
+        assert!(push(&q, b"{}"), "waited for room");
+        reader.join().unwrap();
 
-        let q = Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_millis(20)));
-        assert!(q.push(0, b"{}".to_vec()));
+        let q = Arc::new(Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_millis(20))));
+        assert!(push(&q, b"{}"));
         let started = Instant::now();
-        assert!(!q.push(0, b"{}".to_vec()));
+        assert!(!push(&q, b"{}"));
         assert!(started.elapsed() >= Duration::from_millis(20));
     }
 
     #[test]
     fn rows_left_in_a_stopped_queue_count_as_dropped() {
-        let q = Queue::new(8, 1 << 20, FullPolicy::DropNewest);
-        assert!(q.push(0, b"{}".to_vec()));
-        assert!(q.push(0, b"{}".to_vec()));
-        q.pop();
+        let q = Arc::new(Queue::new(8, 1 << 20, FullPolicy::DropNewest));
+        let mut reader = Reader::default();
+        assert!(push(&q, b"{}"));
+        assert_eq!(read_all(&mut reader, &q).len(), 1);
         q.counters.taken.store(1, Ordering::Release);
+        assert!(push(&q, b"{}"));
         assert_eq!(q.counts(), (2, 0));
         // A producer that passed the closed check before shutdown lands its row after the
-        // worker's last drain: it is counted as dropped, not as pending forever.
+        // worker's last read: it is counted as dropped, not as pending forever.
         q.stop();
         assert_eq!(q.counts(), (1, 1));
-        assert!(!q.push(0, b"{}".to_vec()));
+        assert!(!push(&q, b"{}"));
         assert_eq!(q.counts(), (1, 2));
     }
 
     #[test]
     fn the_worker_thread_never_waits_for_room() {
-        let q = Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_secs(30)));
-        assert!(q.push(0, b"{}".to_vec()));
-        super::super::worker::mark_worker_thread_for_test();
-        let started = Instant::now();
-        assert!(!q.push(0, b"{}".to_vec()));
-        assert!(started.elapsed() < Duration::from_secs(1));
+        let q = Arc::new(Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_secs(30))));
+        assert!(push(&q, b"{}"));
+        std::thread::spawn(move || {
+            super::super::worker::mark_worker_thread_for_test();
+            let started = Instant::now();
+            assert!(!push(&q, b"{}"));
+            assert!(started.elapsed() < Duration::from_secs(1));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
-    fn recycled_buffers_are_reused_and_oversized_ones_are_not() {
-        let q = Queue::new(4, 1 << 20, FullPolicy::DropNewest);
-        let mut b = q.buffer();
-        b.extend_from_slice(b"hello");
-        let ptr = b.as_ptr();
-        q.recycle(b);
-        let again = q.buffer();
-        assert_eq!(again.as_ptr(), ptr);
-        assert!(again.is_empty());
-        q.recycle(Vec::with_capacity(MAX_POOLED_CAPACITY + 1));
-        assert_eq!(q.buffer().capacity(), FRESH_CAPACITY);
+    fn scratch_buffers_are_reused_on_the_thread() {
+        let q = Arc::new(Queue::new(4, 1 << 20, FullPolicy::DropNewest));
+        std::thread::spawn(move || {
+            let mut b = q.buffer();
+            b.extend_from_slice(b"hello");
+            let ptr = b.as_ptr();
+            assert!(q.push(0, b));
+            let again = q.buffer();
+            assert_eq!(again.as_ptr(), ptr);
+            assert!(again.is_empty());
+            q.recycle(again);
+            q.recycle(Vec::with_capacity(MAX_KEPT_SCRATCH_BYTES + 1));
+            let kept = q.buffer();
+            assert_eq!(kept.as_ptr(), ptr, "the oversized buffer was not kept");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn rows_of_an_idle_or_exited_thread_are_read_and_counted() {
+        let q = Arc::new(Queue::new(1000, 1 << 20, FullPolicy::DropNewest));
+        let mut reader = Reader::default();
+        let q2 = q.clone();
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                assert!(push(&q2, b"{}"));
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(push(&q, b"{\"a\":1}"));
+        assert_eq!(
+            read_all(&mut reader, &q).len(),
+            4,
+            "the open page of this thread is read too"
+        );
+        assert_eq!(q.counts(), (4, 0));
+        assert_eq!(
+            q.shards.lock().unwrap().live.len(),
+            1,
+            "the exited thread's count was folded"
+        );
+        assert_eq!(reader.pages.len(), 1, "the exited thread's page was released");
+    }
+
+    #[test]
+    fn flush_marks_wait_for_rows_published_before_them_only() {
+        let q = Arc::new(Queue::new(1000, 1 << 20, FullPolicy::DropNewest));
+        let mut reader = Reader::default();
+        assert!(push(&q, b"{\"a\":1}"));
+        let marks = reader.marks(&q);
+        assert!(!reader.reached(&marks));
+        // Read one row; rows published after the mark do not matter.
+        assert!(push(&q, b"{\"a\":2}"));
+        let mut first = true;
+        reader.read(&q, usize::MAX, |_, _| std::mem::take(&mut first));
+        assert!(reader.reached(&marks));
+        let later = reader.marks(&q);
+        assert!(!reader.reached(&later));
+    }
+
+    #[test]
+    fn many_threads_every_row_exactly_once() {
+        let q = Arc::new(Queue::new(4096, 1 << 20, FullPolicy::Block(Duration::from_secs(30))));
+        let done = Arc::new(AtomicBool::new(false));
+        let consumer = {
+            let (q, done) = (q.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reader = Reader::default();
+                let mut seen = std::collections::HashSet::new();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    reader.read(&q, usize::MAX, |stream, row| {
+                        assert!(seen.insert((stream, row.to_vec())), "a row came twice");
+                        true
+                    });
+                    if finished || Instant::now() > deadline {
+                        return seen.len();
+                    }
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let producers: Vec<_> = (0..4u32)
+            .map(|t| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        let mut buf = q.buffer();
+                        buf.extend_from_slice(format!("{{\"i\":{i}}}").as_bytes());
+                        assert!(q.push(t, buf));
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        done.store(true, Ordering::Release);
+        assert_eq!(consumer.join().unwrap(), 80_000);
+        assert_eq!(q.counts(), (80_000, 0));
     }
 }

@@ -23,7 +23,7 @@ use reqwest::Url;
 
 use crate::client::batch::{Batch, BatchBuilder, Push};
 use crate::client::{FailedBatch, FailureReason, LogsIngestionClient, OnError, SendOutcome};
-use crate::pipeline::queue::{Queue, Queued};
+use crate::pipeline::queue::{Marks, Queue, Reader};
 use crate::pipeline::streams::{Streams, Target};
 use crate::row::RowShape;
 
@@ -86,10 +86,12 @@ struct Stream {
 }
 
 struct PendingFlush {
-    target: u64,
+    /// How far each page must be read: the rows published before the flush was asked for.
+    wait: Marks,
     /// Set once every row of the flush is in a closed batch: batches with lower ids must settle.
     mark: Option<u64>,
-    reply: Sender<()>,
+    /// Flushes asked for while this one waited for its rows join it (its marks cover theirs).
+    replies: Vec<Sender<()>>,
 }
 
 pub(crate) struct Worker {
@@ -105,8 +107,9 @@ pub(crate) struct Worker {
     uploading: HashMap<u64, (u32, Vec<usize>)>,
     next_batch: u64,
     taken: u64,
-    /// A row popped while its stream had a closed batch waiting; placed before any other.
-    stash: Option<Queued>,
+    /// The pages producers publish rows in, and how far each is read. A row whose stream has a
+    /// closed batch waiting stays in its page until there is room.
+    reader: Reader,
     flushes: Vec<PendingFlush>,
     reported_drops: u64,
     last_diagnostic: Option<Instant>,
@@ -131,7 +134,7 @@ impl Worker {
             uploading: HashMap::new(),
             next_batch: 0,
             taken: 0,
-            stash: None,
+            reader: Reader::default(),
             flushes: Vec::new(),
             reported_drops: 0,
             last_diagnostic: None,
@@ -200,14 +203,22 @@ impl Worker {
         loop {
             while let Ok(message) = control.try_recv() {
                 match message {
-                    // The worker is the only consumer, so nothing is taken while this is computed:
-                    // every row pushed before the flush is either taken already or still queued
-                    // (rows pushed since may be counted too; they are queued, so it cannot hang).
-                    Control::Flush { reply } => self.flushes.push(PendingFlush {
-                        target: self.taken + self.queue.len() as u64,
-                        mark: None,
-                        reply,
-                    }),
+                    // Every row published before the flush was sent is in a page now; the marks
+                    // say how far to read each page (rows published since may be covered too).
+                    Control::Flush { reply } => {
+                        let wait = self.reader.marks(&self.queue);
+                        match self.flushes.last_mut() {
+                            Some(last) if last.mark.is_none() => {
+                                last.wait = wait;
+                                last.replies.push(reply);
+                            }
+                            _ => self.flushes.push(PendingFlush {
+                                wait,
+                                mark: None,
+                                replies: vec![reply],
+                            }),
+                        }
+                    }
                     Control::Shutdown { reply } => {
                         self.abandon();
                         let _ = reply.send(());
@@ -231,51 +242,39 @@ impl Worker {
 
     /// Moves queued rows into their streams' builders while no stream is blocked on a full batch.
     fn drain(&mut self) {
-        for _ in 0..DRAIN_PER_TICK {
-            let row = match self.stash.take() {
-                Some(row) => row,
-                None => match self.queue.pop() {
-                    Some(row) => {
-                        self.taken += 1;
-                        self.queue.counters.taken.store(self.taken, Ordering::Release);
-                        row
-                    }
-                    None => return,
-                },
-            };
-            if let Err(row) = self.place(row) {
-                self.stash = Some(row);
-                return;
-            }
-        }
+        let mut reader = std::mem::take(&mut self.reader);
+        let queue = self.queue.clone();
+        reader.read(&queue, DRAIN_PER_TICK, |stream, row| self.place(stream, row));
+        self.reader = reader;
+        self.queue.counters.taken.store(self.taken, Ordering::Release);
     }
 
-    /// Adds a row to its stream's batch; gives it back when that stream already has a closed batch
-    /// waiting and this row does not fit the open one.
-    fn place(&mut self, row: Queued) -> Result<(), Queued> {
-        let row_id = self.taken as usize;
-        match self.add(row.stream, &row.json, row_id) {
+    /// Adds a row to its stream's batch, or returns false when that stream already has a closed
+    /// batch waiting and this row does not fit the open one (the row is left where it is).
+    fn place(&mut self, stream: u32, row: &[u8]) -> bool {
+        let row_id = self.taken as usize + 1;
+        match self.add(stream, row, row_id) {
             Added::Yes => {}
-            Added::Blocked => return Err(row),
+            Added::Blocked => return false,
             Added::TooLarge => {
                 let reason = FailureReason::RowTooLarge {
-                    size: row.json.len() + 2,
+                    size: row.len() + 2,
                     limit: self.client.max_uncompressed(),
                     what: "uncompressed JSON",
                 };
-                let target = self.target(row.stream);
-                let text = String::from_utf8_lossy(&row.json).into_owned();
+                let target = self.target(stream);
+                let text = String::from_utf8_lossy(row).into_owned();
                 self.report(&target, reason, vec![row_id], vec![text]);
             }
             Added::UnknownStream => {
                 // Ids come from the registry, so this cannot happen; count the row rather than
                 // lose it silently.
-                let reason = FailureReason::InvalidRow(format!("unknown destination {}", row.stream));
+                let reason = FailureReason::InvalidRow(format!("unknown destination {stream}"));
                 self.fail_rows(1, None, reason);
             }
         }
-        self.queue.recycle(row.json);
-        Ok(())
+        self.taken += 1;
+        true
     }
 
     /// Pushes `row` into the open batch of `stream`, closing that batch first when the row does not
@@ -333,7 +332,11 @@ impl Worker {
 
     /// A flush whose rows have all been taken closes every open batch and records the mark.
     fn mark_flushes(&mut self) {
-        if self.stash.is_some() || !self.flushes.iter().any(|f| f.mark.is_none() && self.taken >= f.target) {
+        if !self
+            .flushes
+            .iter()
+            .any(|f| f.mark.is_none() && self.reader.reached(&f.wait))
+        {
             return;
         }
         // Close every open batch, but never a second waiting batch for one stream (that is what
@@ -355,8 +358,9 @@ impl Worker {
         }
         let mark = self.next_batch;
         for flush in &mut self.flushes {
-            if flush.mark.is_none() && self.taken >= flush.target {
+            if flush.mark.is_none() && self.reader.reached(&flush.wait) {
                 flush.mark = Some(mark);
+                flush.wait = Marks::new();
             }
         }
     }
@@ -368,7 +372,9 @@ impl Worker {
         let oldest = self.uploading.keys().copied().chain(waiting).min().unwrap_or(u64::MAX);
         self.flushes.retain(|flush| match flush.mark {
             Some(mark) if oldest >= mark => {
-                let _ = flush.reply.send(());
+                for reply in &flush.replies {
+                    let _ = reply.send(());
+                }
                 false
             }
             _ => true,
@@ -543,12 +549,8 @@ impl Worker {
             let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
             self.report(&target, reason("the batch was still open"), batch.ids().to_vec(), rows);
         }
-        let mut queued = u64::from(self.stash.take().is_some());
-        while let Some(row) = self.queue.pop() {
-            queued += 1;
-            self.taken += 1;
-            self.queue.recycle(row.json);
-        }
+        let queued = self.reader.discard(&self.queue);
+        self.taken += queued;
         self.queue.counters.taken.store(self.taken, Ordering::Release);
         self.queue.stop();
         if queued > 0 {
