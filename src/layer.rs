@@ -19,7 +19,7 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::pipeline::queue::Queue;
 use crate::route::Routes;
-use crate::row::{EventFields, FieldSink, Fields, RowShape, key, write_int, write_str, write_time};
+use crate::row::{CachedKeys, EventFields, FieldSink, Fields, RowShape, key, write_int, write_str, write_time};
 
 /// Ships each event as a row to the Logs Ingestion API, through the pipeline that
 /// [`AzureLogsBuilder::build`](crate::AzureLogsBuilder::build) starts. Composes with `EnvFilter`
@@ -108,6 +108,8 @@ struct Callsite {
     tail: Vec<u8>,
     /// `"name":` for each field of the callsite, by field index.
     keys: Vec<Vec<u8>>,
+    /// The index of the `message` field, if the callsite has one.
+    message: Option<usize>,
 }
 
 /// The cached parts for `meta` and `shape`, encoded on a miss (first use, or a slot collision),
@@ -127,6 +129,7 @@ fn cached<'a>(callsites: &'a mut Vec<Callsite>, shape: &RowShape, meta: &'static
         entry.tail.clear();
         write_tail(shape, &mut entry.tail, meta.file(), meta.line());
         entry.keys.resize_with(meta.fields().len(), Vec::new);
+        entry.message = meta.fields().field("message").map(|f| f.index());
         for (field, key) in meta.fields().iter().zip(&mut entry.keys) {
             key.clear();
             write_str(key, field.name());
@@ -180,7 +183,10 @@ where
         if !queue.admit() {
             return;
         }
-        let normalized = event.normalized_metadata();
+        // tracing-log's callsites all have the target "log": a cheap test before its own.
+        let normalized = (event.metadata().target() == "log")
+            .then(|| event.normalized_metadata())
+            .flatten();
         let from_log = normalized.is_some();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let stream = self.routes.stream_for(meta.target(), event);
@@ -229,7 +235,10 @@ impl AzureLogsLayer {
             None => write_head(shape, row, meta.level(), meta.target()),
         }
         message.clear();
-        let keys = callsite.map(|c| c.keys.as_slice());
+        let cached = callsite.map(|c| CachedKeys {
+            message: c.message,
+            keys: &c.keys,
+        });
         match &shape.properties {
             Some(k) => {
                 key(row, k);
@@ -238,7 +247,7 @@ impl AzureLogsLayer {
                     out: Some(row),
                     message,
                     skip_log_fields: from_log,
-                    keys,
+                    cached,
                 }));
                 row.push(b'}');
             }
@@ -246,7 +255,7 @@ impl AzureLogsLayer {
                 out: None,
                 message,
                 skip_log_fields: from_log,
-                keys,
+                cached,
             })),
         }
         if let Some(k) = &shape.message {

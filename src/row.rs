@@ -368,7 +368,7 @@ pub(crate) fn write_f64(out: &mut Vec<u8>, value: f64) {
 
 /// Writes the common case of a float, a decimal with at most six fractional digits (`12.5`,
 /// `0.25`, `3.0`), with integer arithmetic; returns false to leave other values to ryu. The text
-/// reads back as exactly `value`: `m / 10^k == value` is checked, and with `m < 2^53` both
+/// reads back as exactly `value`: `m / 10^k == value` is checked, and with `m < 10^15 < 2^53` both
 /// operands are exact, so the division is the correctly rounded value of the decimal.
 fn write_short_decimal(out: &mut Vec<u8>, value: f64) -> bool {
     const POW10: [f64; 7] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
@@ -377,8 +377,10 @@ fn write_short_decimal(out: &mut Vec<u8>, value: f64) -> bool {
         return false;
     }
     for (k, &p) in POW10.iter().enumerate() {
-        let m = (magnitude * p).round();
-        if m / p == magnitude && m < 9_007_199_254_740_992.0 {
+        // The integer nearest to `magnitude * p` (below 10^15, so below 2^53): `as` truncates,
+        // which is one instruction where `round` is a libm call.
+        let m = (magnitude * p + 0.5) as i64;
+        if m as f64 / p == magnitude {
             if value.is_sign_negative() && magnitude != 0.0 {
                 out.push(b'-');
             }
@@ -483,12 +485,31 @@ pub(crate) struct EventFields<'a> {
     pub(crate) out: Option<&'a mut Vec<u8>>,
     pub(crate) message: &'a mut Vec<u8>,
     pub(crate) skip_log_fields: bool,
-    /// Pre-encoded `"name":` keys by field index, when cached for the callsite.
-    pub(crate) keys: Option<&'a [Vec<u8>]>,
+    /// The callsite's fields, when cached: no name is compared then.
+    pub(crate) cached: Option<CachedKeys<'a>>,
+}
+
+/// A callsite's fields by index: which one is `message`, and the others' keys as `"name":`.
+#[derive(Clone, Copy)]
+pub(crate) struct CachedKeys<'a> {
+    pub(crate) message: Option<usize>,
+    pub(crate) keys: &'a [Vec<u8>],
 }
 
 impl FieldSink for EventFields<'_> {
     fn slot(&mut self, field: &tracing::field::Field) -> Option<&mut Vec<u8>> {
+        if let Some(CachedKeys { message, keys }) = self.cached {
+            let index = field.index();
+            if message == Some(index) {
+                self.message.clear();
+                return Some(self.message);
+            }
+            if let Some(encoded) = keys.get(index) {
+                let out = self.out.as_deref_mut()?;
+                key(out, encoded);
+                return Some(out);
+            }
+        }
         let name = field.name();
         if name == "message" {
             self.message.clear();
@@ -498,10 +519,7 @@ impl FieldSink for EventFields<'_> {
             return None;
         }
         let out = self.out.as_deref_mut()?;
-        match self.keys.and_then(|keys| keys.get(field.index())) {
-            Some(encoded) => key(out, encoded),
-            None => key_str(out, name),
-        }
+        key_str(out, name);
         Some(out)
     }
 }
