@@ -149,6 +149,27 @@ struct Shards {
     retired: u64,
 }
 
+impl Shards {
+    /// Folds the counts of threads that are gone into `retired` (so the list stays as long as
+    /// the threads that write to the queue) and returns the total.
+    fn fold(&mut self) -> u64 {
+        let Shards { live, retired } = self;
+        let mut total = 0;
+        live.retain(|shard| {
+            // `live` first: once it reads false, the count it guards is final.
+            let alive = shard.live.load(Ordering::Acquire);
+            let n = shard.enqueued.load(Ordering::Acquire);
+            if alive {
+                total += n;
+            } else {
+                *retired += n;
+            }
+            alive
+        });
+        total + *retired
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Queue {
     /// Unique per queue: producer slots are keyed on it.
@@ -272,20 +293,7 @@ impl Queue {
     /// Rows published by every producer so far.
     fn enqueued(&self) -> u64 {
         let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
-        let Shards { live, retired } = &mut *shards;
-        let mut total = self.unslotted.load(Ordering::Acquire);
-        live.retain(|shard| {
-            // `live` first: once it reads false, the count it guards is final.
-            let alive = shard.live.load(Ordering::Acquire);
-            let n = shard.enqueued.load(Ordering::Acquire);
-            if alive {
-                total += n;
-            } else {
-                *retired += n;
-            }
-            alive
-        });
-        total + *retired
+        self.unslotted.load(Ordering::Acquire) + shards.fold()
     }
 
     /// Enqueues a row without blocking (unless the policy says so); on failure the row is counted
@@ -426,11 +434,9 @@ impl Queue {
             enqueued: AtomicU64::new(0),
             live: AtomicBool::new(true),
         });
-        self.shards
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .live
-            .push(shard.clone());
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        shards.fold();
+        shards.live.push(shard.clone());
         shard
     }
 }
@@ -501,6 +507,10 @@ impl Slot {
 
     fn append(&mut self, queue: &Queue, stream: u32, row: &[u8]) -> bool {
         let need = HEADER + row.len();
+        // Page offsets are 32-bit; the service takes at most 1 MiB per request anyway.
+        if need > u32::MAX as usize {
+            return false;
+        }
         let fits = self
             .page
             .as_ref()
@@ -859,6 +869,23 @@ mod tests {
             "the exited thread's count was folded"
         );
         assert_eq!(reader.pages.len(), 1, "the exited thread's page was released");
+    }
+
+    #[test]
+    fn threads_that_come_and_go_do_not_grow_the_counts_list() {
+        let q = Arc::new(Queue::new(100_000, 1 << 20, FullPolicy::DropNewest));
+        let mut reader = Reader::default();
+        for _ in 0..50 {
+            let q = q.clone();
+            std::thread::spawn(move || assert!(push(&q, b"{}"))).join().unwrap();
+        }
+        assert!(
+            q.shards.lock().unwrap().live.len() <= 1,
+            "folded when the next thread registered"
+        );
+        assert_eq!(q.counts(), (50, 0));
+        assert_eq!(read_all(&mut reader, &q).len(), 50);
+        assert_eq!(reader.pages.len(), 0, "every exited thread's page was released");
     }
 
     #[test]
