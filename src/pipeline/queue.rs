@@ -64,8 +64,8 @@ pub(crate) struct Counters {
 #[repr(align(128))]
 pub(crate) struct Page {
     data: Box<[UnsafeCell<u8>]>,
-    /// `rows << 32 | bytes` written so far, stored with `Release` after the bytes.
-    committed: AtomicU64,
+    /// Bytes written so far, stored with `Release` after them.
+    committed: AtomicUsize,
     /// Stored with `Release` after the last row: the page takes no more.
     sealed: AtomicBool,
 }
@@ -79,11 +79,9 @@ unsafe impl Sync for Page {}
 
 impl std::fmt::Debug for Page {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (rows, bytes) = self.committed();
         f.debug_struct("Page")
             .field("capacity", &self.capacity())
-            .field("rows", &rows)
-            .field("bytes", &bytes)
+            .field("committed", &self.committed())
             .finish()
     }
 }
@@ -92,7 +90,7 @@ impl Page {
     fn new(capacity: usize) -> Arc<Page> {
         Arc::new(Page {
             data: (0..capacity).map(|_| UnsafeCell::new(0)).collect(),
-            committed: AtomicU64::new(0),
+            committed: AtomicUsize::new(0),
             sealed: AtomicBool::new(false),
         })
     }
@@ -101,10 +99,9 @@ impl Page {
         self.data.len()
     }
 
-    /// Rows and bytes published so far.
-    fn committed(&self) -> (u32, usize) {
-        let c = self.committed.load(Ordering::Acquire);
-        ((c >> 32) as u32, (c & u64::from(u32::MAX)) as usize)
+    /// Bytes published so far.
+    fn committed(&self) -> usize {
+        self.committed.load(Ordering::Acquire)
     }
 
     /// Copies `row`, after its header, at `at`.
@@ -125,15 +122,14 @@ impl Page {
         }
     }
 
-    /// The published bytes from `from` on, and the published row count.
-    fn published_from(&self, from: usize) -> (&[u8], u32) {
-        let (rows, bytes) = self.committed();
+    /// The published bytes from `from` on.
+    fn published_from(&self, from: usize) -> &[u8] {
+        let bytes = self.committed();
         let from = from.min(bytes);
         let base = UnsafeCell::raw_get(self.data.as_ptr());
         // SAFETY: bytes below `committed` are written and never change until the page is
         // recycled, which needs the worker's `&mut Reader` that this borrow comes from.
-        let slice = unsafe { std::slice::from_raw_parts(base.add(from), bytes - from) };
-        (slice, rows)
+        unsafe { std::slice::from_raw_parts(base.add(from), bytes - from) }
     }
 }
 
@@ -492,24 +488,19 @@ struct Slot {
 
 impl Slot {
     fn new(queue: &Arc<Queue>) -> Slot {
-        Slot {
-            queue_id: queue.id,
-            queue: Arc::downgrade(queue),
-            shard: Some(queue.register()),
-            page: None,
-            bytes: 0,
-            rows: 0,
-            credit: 0,
-            enqueued: 0,
-        }
+        Slot::empty(queue, Arc::downgrade(queue), Some(queue.register()))
     }
 
     /// A slot used for one row and sealed at once; its count is kept by the caller.
     fn detached(queue: &Queue) -> Slot {
+        Slot::empty(queue, Weak::new(), None)
+    }
+
+    fn empty(queue: &Queue, weak: Weak<Queue>, shard: Option<Arc<Shard>>) -> Slot {
         Slot {
             queue_id: queue.id,
-            queue: Weak::new(),
-            shard: None,
+            queue: weak,
+            shard,
             page: None,
             bytes: 0,
             rows: 0,
@@ -544,8 +535,7 @@ impl Slot {
         if let Some(shard) = &self.shard {
             shard.enqueued.store(self.enqueued, Ordering::Relaxed);
         }
-        page.committed
-            .store(((self.rows as u64) << 32) | self.bytes as u64, Ordering::Release);
+        page.committed.store(self.bytes, Ordering::Release);
         true
     }
 
@@ -639,7 +629,7 @@ impl Reader {
         for reading in &mut self.pages {
             // `sealed` first: when it is set, the published count read next is final.
             let sealed = reading.page.sealed.load(Ordering::Acquire);
-            let (mut rest, _) = reading.page.published_from(reading.read_bytes);
+            let mut rest = reading.page.published_from(reading.read_bytes);
             while rest.len() >= HEADER {
                 if taken == max {
                     stopped = true;
@@ -674,7 +664,7 @@ impl Reader {
         self.pages
             .iter()
             .filter_map(|r| {
-                let (_, bytes) = r.page.committed();
+                let bytes = r.page.committed();
                 (bytes > r.read_bytes).then_some((r.seq, bytes))
             })
             .collect()
@@ -693,13 +683,7 @@ impl Reader {
 
     /// Counts every published row not read yet and skips it (at shutdown).
     pub(crate) fn discard(&mut self, queue: &Queue) -> u64 {
-        let mut n = 0u64;
-        let taken = self.read(queue, usize::MAX, |_, _| {
-            n += 1;
-            true
-        });
-        debug_assert_eq!(taken as u64, n);
-        n
+        self.read(queue, usize::MAX, |_, _| true) as u64
     }
 }
 

@@ -246,7 +246,6 @@ impl Worker {
         let queue = self.queue.clone();
         reader.read(&queue, DRAIN_PER_TICK, |stream, row| self.place(stream, row));
         self.reader = reader;
-        self.queue.counters.taken.store(self.taken, Ordering::Release);
     }
 
     /// Adds a row to its stream's batch, or returns false when that stream already has a closed
@@ -274,6 +273,8 @@ impl Worker {
             }
         }
         self.taken += 1;
+        // Per row, so that a panic later in this drain still finds every placed row counted.
+        self.queue.counters.taken.store(self.taken, Ordering::Release);
         true
     }
 
