@@ -562,3 +562,56 @@ fn deeply_nested_spans_keep_the_innermost_64() {
     assert_eq!(spans[0]["fields"]["depth"], 36, "root side dropped");
     assert_eq!(spans[63]["fields"]["depth"], 99, "innermost last");
 }
+
+/// Each thread writes into its own page of the queue: rows of a thread that logged and now sits
+/// idle (its page still open) and of a thread that has exited must still be read and flushed.
+#[test]
+fn flush_delivers_rows_of_idle_and_exited_threads() {
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu).max_delay(Duration::from_secs(3600)).build().unwrap();
+    let dispatch = dispatch(layer);
+    let logged = Arc::new(std::sync::Barrier::new(2));
+    let release = Arc::new(std::sync::Barrier::new(2));
+    let idle = {
+        let (dispatch, logged, release) = (dispatch.clone(), logged.clone(), release.clone());
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || {
+                for i in 0..3 {
+                    tracing::info!(i, "from the idle thread");
+                }
+            });
+            logged.wait();
+            // Alive and silent while the main thread flushes.
+            release.wait();
+        })
+    };
+    let exited = {
+        let dispatch = dispatch.clone();
+        std::thread::spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || tracing::info!("from the exited thread"));
+        })
+    };
+    exited.join().unwrap();
+    logged.wait();
+
+    let report = guard.flush_timeout(WAIT);
+    release.wait();
+    idle.join().unwrap();
+    assert!(report.completed);
+    let messages: HashSet<String> = emu
+        .rows(STREAM)
+        .iter()
+        .map(|r| format!("{}:{}", r["Message"].as_str().unwrap(), r["Properties"]["i"]))
+        .collect();
+    let expected: HashSet<String> = [
+        "from the idle thread:0",
+        "from the idle thread:1",
+        "from the idle thread:2",
+        "from the exited thread:null",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(messages, expected);
+    assert_eq!(report.stats.sent, 4);
+}
