@@ -615,3 +615,48 @@ fn flush_delivers_rows_of_idle_and_exited_threads() {
     assert_eq!(messages, expected);
     assert_eq!(report.stats.sent, 4);
 }
+
+#[test]
+fn threads_that_log_once_and_idle_do_not_fill_the_queue() {
+    // With the default queue (65,536 rows), each open page is lent 256 rows, so 200 threads that
+    // logged once and sit idle would hold 51,000 unused rows, and a 20,000-row burst would find
+    // no room, unless the worker takes their pages back. Default policy: such rows are dropped.
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu).build().unwrap();
+    let dispatch = dispatch(layer);
+    let logged = Arc::new(std::sync::Barrier::new(201));
+    let release = Arc::new(std::sync::Barrier::new(201));
+    let idle: Vec<_> = (0..200u64)
+        .map(|t| {
+            let (dispatch, logged, release) = (dispatch.clone(), logged.clone(), release.clone());
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || tracing::info!(t, "once"));
+                logged.wait();
+                release.wait();
+            })
+        })
+        .collect();
+    logged.wait();
+    // Every row read and every idle page taken back: the whole capacity is free again.
+    assert!(
+        wait_until(|| guard.stats().queue_room == 65_536),
+        "idle threads hold {} rows",
+        65_536 - guard.stats().queue_room
+    );
+    // A burst that needs room the idle threads' pages held: nothing may be dropped.
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..20_000u64 {
+            tracing::info!(i, "busy");
+        }
+    });
+    let report = guard.flush_timeout(WAIT);
+    release.wait();
+    for t in idle {
+        t.join().unwrap();
+    }
+    assert!(report.completed);
+    assert_eq!((report.stats.sent, report.stats.dropped), (20_200, 0));
+    let rows = emu.rows(STREAM);
+    assert_eq!(rows.iter().filter(|r| r["Message"] == "once").count(), 200);
+    assert_eq!(rows.iter().filter(|r| r["Message"] == "busy").count(), 20_000);
+}

@@ -40,6 +40,11 @@ pub struct Stats {
     pub wire_bytes: u64,
     /// Diagnostic rows the worker added to the log stream to report drops (not in `sent`).
     pub diagnostic_rows: u64,
+    /// Rows the queue can take now, out of `queue_capacity`: what is neither waiting for the
+    /// worker nor lent to a thread's open page (each is lent up to a 256th of the capacity, and
+    /// the worker takes back what a page idle for 20 ms did not use). At 0, the next thread that
+    /// needs room drops its row (or waits, under `FullPolicy::Block`).
+    pub queue_room: u64,
 }
 
 impl Stats {
@@ -229,6 +234,7 @@ impl StatsHandle {
             uploads: client.requests.load(Ordering::Relaxed),
             wire_bytes: client.wire_bytes.load(Ordering::Relaxed),
             diagnostic_rows: c.diagnostic_rows.load(Ordering::Relaxed),
+            queue_room: self.shared.room() as u64,
         }
     }
 }

@@ -2,18 +2,20 @@
 //! fills on its own, so that emitting threads share no cache line per event.
 //!
 //! - A producer thread encodes a row in its reused scratch buffer, copies it into *its* open page
-//!   and publishes it with one release store. No compare-and-swap, no lock, no allocation, no
-//!   wake-up. Only when a page is full does it touch shared state: it seals the page and takes the
-//!   next one from the pool (page memory is reused, never freed by the worker).
+//!   and publishes it: one uncontended compare-and-swap on the page's state word claims the page
+//!   (see [`WRITING`]), one release store publishes the row. No lock, no allocation, no wake-up,
+//!   no cache line shared with another producer. Only when a page is full does it touch shared
+//!   state: it seals the page and takes the next one from the pool (page memory is reused, never
+//!   freed by the worker).
 //! - A page is handed to the worker when it is opened, so rows of an idle thread are read (and
 //!   flushed) without that thread's help.
 //! - Bounds: `max_bytes` of pages (pages of up to 64 KiB) and `max_rows` rows, the latter lent to
-//!   each open page in small chunks.
-//! - Pitfall (to fix: the worker should reclaim idle pages): a thread's open page keeps its page
-//!   and its lent rows until that thread writes again or exits. With the defaults (512 pages,
-//!   256 rows lent per page), 256 threads that logged once and then sit idle hold the whole row
-//!   capacity. When either runs out the row is dropped and counted, or the
+//!   each open page in small chunks. When either runs out the row is dropped and counted, or the
 //!   producer waits up to the `Block` timeout.
+//! - Idle threads: a page that got no row for [`REVOKE_IDLE`] is revoked by the worker, which
+//!   takes back its memory (into a new page header, since the idle thread still holds the old
+//!   one) and its unused rows. Otherwise threads that log once and then sit idle would hold the
+//!   whole queue (256 of them with the defaults).
 //! - Counts: each producer thread counts its rows in its own counter; `counts()` sums them.
 
 use std::cell::{RefCell, UnsafeCell};
@@ -33,6 +35,9 @@ const HEADER: usize = 8;
 /// open page can hold back from the others.
 const CREDIT_SHARE: usize = 256;
 const MAX_CREDIT: usize = 1024;
+/// An open page that got no row for this long is taken back from its producer by the worker,
+/// with its unused rows: an idle thread holds no room in the queue.
+const REVOKE_IDLE: Duration = Duration::from_millis(20);
 /// Scratch buffers kept per thread, and the capacity above which one is not kept.
 const KEPT_SCRATCH: usize = 4;
 const MAX_KEPT_SCRATCH_BYTES: usize = 64 * 1024;
@@ -59,77 +64,143 @@ pub(crate) struct Counters {
     pub(crate) diagnostic_rows: AtomicU64,
 }
 
+/// A page's state word: the bytes published so far, and three flags.
+///
+/// - `WRITING`: its producer is copying a row in (set with a compare-and-swap from the bare byte
+///   count, cleared by the store that publishes the row).
+/// - `SEALED`: its producer is done with it.
+/// - `REVOKED`: the worker took it back from an idle producer (a compare-and-swap from the bare
+///   byte count, so never while a row is being written). The producer's next compare-and-swap
+///   fails, and it drops the page without touching its bytes again.
+const WRITING: usize = 1 << (usize::BITS - 3);
+const SEALED: usize = 1 << (usize::BITS - 2);
+const REVOKED: usize = 1 << (usize::BITS - 1);
+const BYTES: usize = WRITING - 1;
+
 /// A run of encoded rows written by one producer and read by the worker. Aligned so that no two
-/// pages' counters share a cache line (producers on two cores would slow each other down).
+/// pages' state words share a cache line (producers on two cores would slow each other down).
 #[repr(align(128))]
 pub(crate) struct Page {
-    data: Box<[UnsafeCell<u8>]>,
-    /// Bytes written so far, stored with `Release` after them.
-    committed: AtomicUsize,
-    /// Stored with `Release` after the last row: the page takes no more.
-    sealed: AtomicBool,
+    /// Taken out (left empty) only by the worker, from a revoked page it has read to the end.
+    data: UnsafeCell<Box<[UnsafeCell<u8>]>>,
+    capacity: usize,
+    /// Published bytes and flags; see [`WRITING`], [`SEALED`], [`REVOKED`].
+    state: AtomicUsize,
+    /// Rows lent to the page while it is open; the worker gives back what a revoked page did not
+    /// use. Set before the page is published.
+    credit: AtomicUsize,
 }
 
-// SAFETY: a page has one producer at a time (the thread that took it from the pool, until it
-// seals it). The producer writes only above `committed` and then publishes with a `Release`
-// store; the worker reads only below a `committed` value it loaded with `Acquire`. A page goes
-// back to the pool (and to another producer) only after the worker has read it to the end and
-// dropped every slice of it.
+// SAFETY: a page has one producer at a time (the thread that took it from the pool). It writes
+// only above the published bytes, either before the page is published or after it set `WRITING`,
+// and publishes with a `Release` store; the worker reads only below a byte count it loaded with
+// `Acquire`. The worker empties `data` only after it revoked the page (which succeeds only when
+// `WRITING` is clear and makes every later `WRITING` attempt fail) and read it to the end. A page's
+// memory goes back to the pool (and to another producer) only after that, or after its producer
+// sealed it and the worker read it to the end.
 unsafe impl Sync for Page {}
 
 impl std::fmt::Debug for Page {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Page")
-            .field("capacity", &self.capacity())
-            .field("committed", &self.committed())
+            .field("capacity", &self.capacity)
+            .field("state", &format_args!("{:#x}", self.state.load(Ordering::Relaxed)))
             .finish()
     }
 }
 
 impl Page {
     fn new(capacity: usize) -> Arc<Page> {
+        Page::with_data((0..capacity).map(|_| UnsafeCell::new(0)).collect())
+    }
+
+    fn with_data(data: Box<[UnsafeCell<u8>]>) -> Arc<Page> {
         Arc::new(Page {
-            data: (0..capacity).map(|_| UnsafeCell::new(0)).collect(),
-            committed: AtomicUsize::new(0),
-            sealed: AtomicBool::new(false),
+            capacity: data.len(),
+            data: UnsafeCell::new(data),
+            state: AtomicUsize::new(0),
+            credit: AtomicUsize::new(0),
         })
     }
 
-    fn capacity(&self) -> usize {
-        self.data.len()
+    /// Claims the page to write a row after the `bytes` its producer published; fails once the
+    /// worker has revoked it.
+    fn claim(&self, bytes: usize) -> bool {
+        self.state
+            .compare_exchange(bytes, bytes | WRITING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
-    /// Bytes published so far.
-    fn committed(&self) -> usize {
-        self.committed.load(Ordering::Acquire)
+    /// Publishes the rows written up to `bytes` (and ends a claim).
+    fn publish(&self, bytes: usize) {
+        self.state.store(bytes, Ordering::Release);
+    }
+
+    /// Marks the page done, as its producer; fails if the worker revoked it first.
+    fn seal(&self, bytes: usize) -> bool {
+        self.state
+            .compare_exchange(bytes, bytes | SEALED, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes the page back from its producer, as the worker, if it has published exactly `bytes`
+    /// and is neither being written nor sealed.
+    fn revoke(&self, bytes: usize) -> bool {
+        self.state
+            .compare_exchange(bytes, bytes | REVOKED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Bytes published, and whether that count is final (sealed or revoked).
+    fn published(&self) -> (usize, bool) {
+        let state = self.state.load(Ordering::Acquire);
+        (state & BYTES, state & (SEALED | REVOKED) != 0)
     }
 
     /// Copies `row`, after its header, at `at`.
     ///
     /// # Safety
-    /// The caller is the page's producer, `at` is at or above what it has published, and the row
-    /// fits (`at + HEADER + row.len() <= capacity`).
+    /// The caller is the page's producer and either has not published the page yet or holds a
+    /// [`claim`](Self::claim); `at` is what it has published and the row fits
+    /// (`at + HEADER + row.len() <= capacity`).
     unsafe fn write(&self, at: usize, stream: u32, row: &[u8]) {
-        debug_assert!(at + HEADER + row.len() <= self.capacity());
+        debug_assert!(at + HEADER + row.len() <= self.capacity);
         let mut header = [0u8; HEADER];
         header[..4].copy_from_slice(&(row.len() as u32).to_le_bytes());
         header[4..].copy_from_slice(&stream.to_le_bytes());
-        let base = UnsafeCell::raw_get(self.data.as_ptr());
-        // SAFETY: in bounds (above); no one else reads or writes these bytes (see `Sync`).
+        // SAFETY: only the worker replaces `data`, and only on a revoked page, which its producer
+        // no longer writes. In bounds (above); no one else reads or writes these bytes (see
+        // `Sync`).
         unsafe {
+            let base = UnsafeCell::raw_get((*self.data.get()).as_ptr());
             std::ptr::copy_nonoverlapping(header.as_ptr(), base.add(at), HEADER);
             std::ptr::copy_nonoverlapping(row.as_ptr(), base.add(at + HEADER), row.len());
         }
     }
 
-    /// The published bytes from `from` on.
-    fn published_from(&self, from: usize) -> &[u8] {
-        let bytes = self.committed();
-        let from = from.min(bytes);
-        let base = UnsafeCell::raw_get(self.data.as_ptr());
-        // SAFETY: bytes below `committed` are written and never change until the page is
-        // recycled, which needs the worker's `&mut Reader` that this borrow comes from.
-        unsafe { std::slice::from_raw_parts(base.add(from), bytes - from) }
+    /// The published bytes from `from` up to `to`.
+    ///
+    /// # Safety
+    /// The caller is the worker of the page's queue, `from <= to`, and `to` is a count it loaded
+    /// with [`published`](Self::published). The slice must be gone before the worker releases
+    /// or reclaims the page.
+    unsafe fn bytes(&self, from: usize, to: usize) -> &[u8] {
+        // SAFETY: bytes below a published count are written and never change until the page's
+        // memory is reused, which only this worker does, after the slice is gone; only this
+        // worker replaces `data`.
+        unsafe {
+            let base = UnsafeCell::raw_get((*self.data.get()).as_ptr());
+            std::slice::from_raw_parts(base.add(from), to - from)
+        }
+    }
+
+    /// Takes the memory out of a page the worker revoked and read to the end.
+    ///
+    /// # Safety
+    /// The caller is the worker, it revoked the page, and holds no slice of it.
+    unsafe fn take_data(&self) -> Box<[UnsafeCell<u8>]> {
+        // SAFETY: the producer never touches `data` after the revoke (see `Sync`).
+        unsafe { std::mem::take(&mut *self.data.get()) }
     }
 }
 
@@ -295,6 +366,11 @@ impl Queue {
         }
     }
 
+    /// Row capacity neither queued nor lent to an open page.
+    pub(crate) fn room(&self) -> usize {
+        self.free_rows.load(Ordering::Relaxed)
+    }
+
     /// Rows published by every producer so far.
     fn enqueued(&self) -> u64 {
         let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
@@ -357,7 +433,7 @@ impl Queue {
         if !appended {
             self.unslotted.fetch_sub(1, Ordering::Release);
         }
-        slot.seal(self);
+        slot.seal(Some(self));
         appended
     }
 
@@ -423,18 +499,33 @@ impl Queue {
         }
     }
 
-    /// The worker is done with `page`: pooled for reuse, or freed if it is a big one.
+    /// The worker is done with `page`, which its producer sealed: pooled for reuse, or freed if
+    /// it is a big one.
     fn release(&self, page: Arc<Page>) {
-        if page.capacity() == self.page_bytes {
-            page.committed.store(0, Ordering::Relaxed);
-            page.sealed.store(false, Ordering::Relaxed);
+        if page.capacity == self.page_bytes {
+            page.state.store(0, Ordering::Relaxed);
             if self.pool.push(page).is_ok() {
                 return;
             }
             self.charged.fetch_sub(1, Ordering::Relaxed);
         } else {
-            self.charged
-                .fetch_sub(self.charge_of(page.capacity()), Ordering::Relaxed);
+            self.charged.fetch_sub(self.charge_of(page.capacity), Ordering::Relaxed);
+        }
+    }
+
+    /// The worker is done with `page`, which it revoked: its memory goes back (in a new page,
+    /// since the idle producer still holds the old one until it writes again).
+    ///
+    /// # Safety
+    /// As for [`Page::take_data`].
+    unsafe fn reclaim(&self, page: Arc<Page>) {
+        // SAFETY: as the caller promised.
+        let data = unsafe { page.take_data() };
+        if data.len() == self.page_bytes {
+            self.release(Page::with_data(data));
+        } else {
+            drop(data);
+            self.charged.fetch_sub(self.charge_of(page.capacity), Ordering::Relaxed);
         }
     }
 
@@ -511,35 +602,37 @@ impl Slot {
 
     fn append(&mut self, queue: &Queue, stream: u32, row: &[u8]) -> bool {
         let need = HEADER + row.len();
-        // Page offsets are 32-bit; the service takes at most 1 MiB per request anyway.
-        if need > u32::MAX as usize {
+        // Page offsets are 32-bit (and share a word with flags); the service takes at most
+        // 1 MiB per request anyway.
+        if need > (u32::MAX as usize).min(BYTES) {
             return false;
         }
-        let fits = self
-            .page
-            .as_ref()
-            .is_some_and(|p| self.rows < self.credit && self.bytes + need <= p.capacity());
-        if !fits {
-            self.seal(queue);
-            if !self.open(queue, need) {
-                return false;
+        if let Some(page) = &self.page
+            && self.rows < self.credit
+            && self.bytes + need <= page.capacity
+        {
+            if page.claim(self.bytes) {
+                // SAFETY: this slot is the page's producer and holds the claim; `bytes` is what
+                // it published and the row fits.
+                unsafe { page.write(self.bytes, stream, row) };
+                self.bytes += need;
+                self.rows += 1;
+                self.enqueued += 1;
+                store_count(&self.shard, self.enqueued);
+                page.publish(self.bytes);
+                return true;
             }
+            // Revoked: the worker took the page back with its unused rows while this thread was
+            // idle.
+            self.forget();
         }
-        let page = self.page.as_ref().expect("opened above");
-        // SAFETY: this slot is the page's producer, `bytes` is what it published, and the row fits.
-        unsafe { page.write(self.bytes, stream, row) };
-        self.bytes += need;
-        self.rows += 1;
-        self.enqueued += 1;
-        // Counted before it is published, so that the worker never takes an uncounted row.
-        if let Some(shard) = &self.shard {
-            shard.enqueued.store(self.enqueued, Ordering::Relaxed);
-        }
-        page.committed.store(self.bytes, Ordering::Release);
-        true
+        self.seal(Some(queue));
+        self.open(queue, stream, row)
     }
 
-    fn open(&mut self, queue: &Queue, need: usize) -> bool {
+    /// Opens a page with `row` in it and hands it to the worker; false when the queue is full.
+    fn open(&mut self, queue: &Queue, stream: u32, row: &[u8]) -> bool {
+        let need = HEADER + row.len();
         let Some(credit) = queue.take_credit() else {
             return false;
         };
@@ -547,39 +640,60 @@ impl Slot {
             queue.return_credit(credit);
             return false;
         };
+        // SAFETY: no one else has the page yet; the row fits (`page_for`).
+        unsafe { page.write(0, stream, row) };
+        page.credit.store(credit, Ordering::Relaxed);
+        page.publish(need);
+        store_count(&self.shard, self.enqueued + 1);
         if let Err(page) = queue.published.push(page.clone()) {
             // Cannot happen: `published` holds as many pages as can be charged.
+            store_count(&self.shard, self.enqueued);
             queue.release(page);
             queue.return_credit(credit);
             return false;
         }
+        self.enqueued += 1;
         self.page = Some(page);
+        self.bytes = need;
+        self.rows = 1;
         self.credit = credit;
         true
     }
 
-    /// Closes the open page: the worker frees it once read, and unused row capacity goes back.
-    fn seal(&mut self, queue: &Queue) {
-        if let Some(page) = self.page.take() {
+    /// Closes the open page: the worker frees it once read, and unused row capacity goes back
+    /// (unless the worker revoked the page and took it back itself). `None` when the queue is
+    /// gone.
+    fn seal(&mut self, queue: Option<&Queue>) {
+        if let Some(page) = &self.page
+            && page.seal(self.bytes)
+            && let Some(queue) = queue
+        {
             queue.return_credit(self.credit - self.rows);
-            page.sealed.store(true, Ordering::Release);
         }
+        self.forget();
+    }
+
+    /// Lets go of the open page without giving anything back.
+    fn forget(&mut self) {
+        self.page = None;
         self.bytes = 0;
         self.rows = 0;
         self.credit = 0;
     }
 }
 
+/// Stores a thread's row count where [`Queue::counts`] sums it. Before the row is published, so
+/// that the worker never takes an uncounted row.
+fn store_count(shard: &Option<Arc<Shard>>, enqueued: u64) {
+    if let Some(shard) = shard {
+        shard.enqueued.store(enqueued, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        match self.queue.upgrade() {
-            Some(queue) => self.seal(&queue),
-            None => {
-                if let Some(page) = self.page.take() {
-                    page.sealed.store(true, Ordering::Release);
-                }
-            }
-        }
+        let queue = self.queue.upgrade();
+        self.seal(queue.as_deref());
         if let Some(shard) = &self.shard {
             shard.live.store(false, Ordering::Release);
         }
@@ -599,21 +713,34 @@ struct Reading {
     seq: u64,
     page: Arc<Page>,
     read_bytes: usize,
-    /// Sealed and read to the end: goes back to the queue.
-    done: bool,
+    /// Rows read from the page.
+    rows: usize,
+    /// When rows last came (or the page was seen first).
+    last_row: Instant,
+    /// Read to the end after its producer sealed it or the worker revoked it: goes back to the
+    /// queue.
+    done: Option<Ending>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Sealed,
+    Revoked,
 }
 
 /// Where a flush waits: each page's published bytes when the flush was asked for.
 pub(crate) type Marks = Vec<(u64, usize)>;
 
 impl Reader {
-    fn collect(&mut self, queue: &Queue) {
+    fn collect(&mut self, queue: &Queue, now: Instant) {
         while let Some(page) = queue.published.pop() {
             self.pages.push(Reading {
                 seq: self.next_seq,
                 page,
                 read_bytes: 0,
-                done: false,
+                rows: 0,
+                last_row: now,
+                done: None,
             });
             self.next_seq += 1;
         }
@@ -621,15 +748,34 @@ impl Reader {
 
     /// Hands published rows to `take` in order, at most `max`; `take` returns false to leave a
     /// row (and every later one) for the next call. Pages read to the end once sealed go back to
-    /// the pool. Returns the rows taken.
-    pub(crate) fn read(&mut self, queue: &Queue, max: usize, mut take: impl FnMut(u32, &[u8]) -> bool) -> usize {
-        self.collect(queue);
+    /// the pool, and so do pages that got no row for [`REVOKE_IDLE`]: the worker revokes them,
+    /// so that idle threads do not hold room. Returns the rows taken.
+    pub(crate) fn read(&mut self, queue: &Queue, max: usize, take: impl FnMut(u32, &[u8]) -> bool) -> usize {
+        self.read_revoking(queue, max, REVOKE_IDLE, take)
+    }
+
+    /// [`read`](Self::read), revoking pages idle for `idle`.
+    fn read_revoking(
+        &mut self,
+        queue: &Queue,
+        max: usize,
+        idle: Duration,
+        mut take: impl FnMut(u32, &[u8]) -> bool,
+    ) -> usize {
+        let now = Instant::now();
+        self.collect(queue, now);
         let mut taken = 0;
         let mut stopped = false;
         for reading in &mut self.pages {
-            // `sealed` first: when it is set, the published count read next is final.
-            let sealed = reading.page.sealed.load(Ordering::Acquire);
-            let mut rest = reading.page.published_from(reading.read_bytes);
+            let page = &reading.page;
+            // One load: when the count is final, every row below it is published.
+            let (bytes, last) = page.published();
+            // SAFETY: this is the queue's worker (it holds the `Reader`), `read_bytes` never
+            // passes a published count, and `rest` is gone before pages are released below.
+            let mut rest = unsafe { page.bytes(reading.read_bytes, bytes) };
+            if !rest.is_empty() {
+                reading.last_row = now;
+            }
             while rest.len() >= HEADER {
                 if taken == max {
                     stopped = true;
@@ -643,28 +789,44 @@ impl Reader {
                     break;
                 }
                 taken += 1;
+                reading.rows += 1;
                 reading.read_bytes += HEADER + len;
                 rest = &rest[HEADER + len..];
             }
             if stopped {
                 break;
             }
-            reading.done = sealed;
+            reading.done = if last {
+                Some(Ending::Sealed)
+            } else if now.saturating_duration_since(reading.last_row) >= idle && page.revoke(bytes) {
+                Some(Ending::Revoked)
+            } else {
+                None
+            };
         }
         queue.return_credit(taken);
-        for reading in self.pages.extract_if(.., |r| r.done) {
-            queue.release(reading.page);
+        for reading in self.pages.extract_if(.., |r| r.done.is_some()) {
+            match reading.done {
+                Some(Ending::Revoked) => {
+                    // The rows lent to the page and not used: its producer will not use them.
+                    let credit = reading.page.credit.load(Ordering::Relaxed);
+                    queue.return_credit(credit.saturating_sub(reading.rows));
+                    // SAFETY: revoked above, and read to the end; no slice of it is left.
+                    unsafe { queue.reclaim(reading.page) };
+                }
+                _ => queue.release(reading.page),
+            }
         }
         taken
     }
 
     /// Each page's published bytes now, where a flush asked for now has to read up to.
     pub(crate) fn marks(&mut self, queue: &Queue) -> Marks {
-        self.collect(queue);
+        self.collect(queue, Instant::now());
         self.pages
             .iter()
             .filter_map(|r| {
-                let bytes = r.page.committed();
+                let (bytes, _) = r.page.published();
                 (bytes > r.read_bytes).then_some((r.seq, bytes))
             })
             .collect()
@@ -681,9 +843,10 @@ impl Reader {
         })
     }
 
-    /// Counts every published row not read yet and skips it (at shutdown).
+    /// Counts every published row not read yet and skips it, and takes every page back from its
+    /// producer (at shutdown).
     pub(crate) fn discard(&mut self, queue: &Queue) -> u64 {
-        self.read(queue, usize::MAX, |_, _| true) as u64
+        self.read_revoking(queue, usize::MAX, Duration::ZERO, |_, _| true) as u64
     }
 }
 
@@ -868,35 +1031,114 @@ mod tests {
         assert_eq!(reader.pages.len(), 1, "the exited thread's page was released");
     }
 
-    #[test]
-    fn idle_threads_leave_room_for_an_active_one() {
-        // Default sizes; 100 threads log once and stay alive, idle, holding their open pages
-        // (100 x 256 rows of 65,536; 256 such threads would hold them all: see the module docs).
-        let q = Arc::new(Queue::new(65_536, 32 << 20, FullPolicy::DropNewest));
-        let release = Arc::new(std::sync::Barrier::new(101));
-        let idle: Vec<_> = (0..100)
+    /// Starts `n` threads that each push `row` once (waiting for room: `q` should block) and then
+    /// stay alive, idle, until the returned barrier is passed. Returns once every row is in.
+    fn idle_threads(
+        q: &Arc<Queue>,
+        reader: &mut Reader,
+        n: usize,
+        row: &'static [u8],
+    ) -> (Arc<std::sync::Barrier>, Vec<std::thread::JoinHandle<bool>>) {
+        let release = Arc::new(std::sync::Barrier::new(n + 1));
+        let (pushed_tx, pushed) = std::sync::mpsc::channel();
+        let threads = (0..n)
             .map(|_| {
-                let (q, release) = (q.clone(), release.clone());
+                let (q, release, pushed_tx) = (q.clone(), release.clone(), pushed_tx.clone());
                 std::thread::spawn(move || {
-                    assert!(push(&q, b"{}"));
+                    let ok = push(&q, row);
+                    pushed_tx.send(()).unwrap();
                     release.wait();
+                    ok
                 })
             })
             .collect();
+        // Read meanwhile: threads past the queue's room wait for idle pages to be revoked.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut done = 0;
+        while done < n && Instant::now() < deadline {
+            read_all(reader, q);
+            done += pushed.try_iter().count();
+        }
+        assert_eq!(done, n, "idle threads still waiting for room");
+        (release, threads)
+    }
+
+    /// Reads until the worker has taken every open page back (at most 10 s).
+    fn read_until_all_revoked(reader: &mut Reader, q: &Queue) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !reader.pages.is_empty() && Instant::now() < deadline {
+            read_all(reader, q);
+        }
+        assert!(reader.pages.is_empty(), "idle threads' pages were not taken back");
+    }
+
+    #[test]
+    fn idle_threads_give_their_rows_back() {
+        // Default sizes. 300 threads log once and stay alive: without revocation, 256 of them
+        // would hold every row of the queue (256 lent to each open page).
+        let q = Arc::new(Queue::new(65_536, 32 << 20, FullPolicy::Block(Duration::from_secs(30))));
         let mut reader = Reader::default();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut read = 0;
-        while read < 100 && Instant::now() < deadline {
-            read += read_all(&mut reader, &q).len();
-        }
-        assert_eq!(read, 100);
+        let (release, idle) = idle_threads(&q, &mut reader, 300, b"{}");
+        read_until_all_revoked(&mut reader, &q);
+        // Nothing is read from now on: the whole row capacity must be free.
         let row = vec![b'x'; 300];
-        let accepted = (0..20_000).filter(|_| push(&q, &row)).count();
+        let started = Instant::now();
+        let accepted = (0..65_536).filter(|_| push(&q, &row)).count();
+        assert_eq!(accepted, 65_536, "idle threads held rows");
+        assert!(started.elapsed() < Duration::from_secs(10), "pushes waited for room");
         release.wait();
-        for t in idle {
-            t.join().unwrap();
+        assert!(idle.into_iter().all(|t| t.join().unwrap()));
+        assert_eq!(q.counts(), (300 + 65_536, 0));
+    }
+
+    #[test]
+    fn idle_threads_give_their_pages_back() {
+        // 64 pages of 1 KiB, each held by an idle thread with one row in it.
+        let q = Arc::new(Queue::new(65_536, 64 << 10, FullPolicy::Block(Duration::from_secs(30))));
+        let mut reader = Reader::default();
+        let (release, idle) = idle_threads(&q, &mut reader, 64, b"{}");
+        read_until_all_revoked(&mut reader, &q);
+        assert_eq!(q.charged.load(Ordering::Relaxed), 64, "no page over the byte bound");
+        assert_eq!(q.pool.len(), 64, "every page's memory went back to the pool");
+        let row = vec![b'x'; 1000 - HEADER];
+        let accepted = (0..64).filter(|_| push(&q, &row)).count();
+        assert_eq!(accepted, 64, "idle threads held pages");
+        release.wait();
+        assert!(idle.into_iter().all(|t| t.join().unwrap()));
+        assert_eq!(q.charged.load(Ordering::Relaxed), 64);
+    }
+
+    #[test]
+    fn a_thread_whose_page_was_revoked_writes_into_a_new_one() {
+        let q = Arc::new(Queue::new(1000, 1 << 20, FullPolicy::DropNewest));
+        let mut reader = Reader::default();
+        let (go_tx, go) = std::sync::mpsc::channel::<()>();
+        let (wrote_tx, wrote) = std::sync::mpsc::channel::<()>();
+        let producer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..3 {
+                    go.recv().unwrap();
+                    assert!(push(&q, format!("{{\"i\":{i}}}").as_bytes()));
+                    wrote_tx.send(()).unwrap();
+                }
+            })
+        };
+        let mut rows = Vec::new();
+        for _ in 0..3 {
+            go_tx.send(()).unwrap();
+            wrote.recv().unwrap();
+            reader.read_revoking(&q, usize::MAX, Duration::ZERO, |_, row| {
+                rows.push(String::from_utf8(row.to_vec()).unwrap());
+                true
+            });
+            assert!(reader.pages.is_empty(), "revoked once read");
         }
-        assert_eq!(accepted, 20_000, "idle threads held the queue's room");
+        producer.join().unwrap();
+        assert_eq!(rows, [r#"{"i":0}"#, r#"{"i":1}"#, r#"{"i":2}"#]);
+        assert_eq!(q.counts(), (3, 0));
+        assert_eq!(q.free_rows.load(Ordering::Relaxed), 1000, "every lent row came back");
+        assert_eq!(q.pool.len(), q.charged.load(Ordering::Relaxed), "every page is pooled");
     }
 
     #[test]
@@ -973,5 +1215,55 @@ mod tests {
         done.store(true, Ordering::Release);
         assert_eq!(consumer.join().unwrap(), 80_000);
         assert_eq!(q.counts(), (80_000, 0));
+    }
+
+    #[test]
+    fn revoking_pages_while_threads_write_loses_and_repeats_no_row() {
+        // The worker revokes every page as soon as it has read it, racing producers that are
+        // between rows or in the middle of one.
+        let q = Arc::new(Queue::new(4096, 1 << 20, FullPolicy::Block(Duration::from_secs(30))));
+        let done = Arc::new(AtomicBool::new(false));
+        let consumer = {
+            let (q, done) = (q.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reader = Reader::default();
+                let mut seen = std::collections::HashSet::new();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    reader.read_revoking(&q, usize::MAX, Duration::ZERO, |stream, row| {
+                        assert!(seen.insert((stream, row.to_vec())), "a row came twice");
+                        true
+                    });
+                    if finished || Instant::now() > deadline {
+                        return (seen.len(), reader.pages.len());
+                    }
+                }
+            })
+        };
+        let producers: Vec<_> = (0..3u32)
+            .map(|t| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        let mut buf = q.buffer();
+                        buf.extend_from_slice(format!("{{\"i\":{i}}}").as_bytes());
+                        assert!(q.push(t, buf));
+                        if i % 64 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        done.store(true, Ordering::Release);
+        let (seen, open) = consumer.join().unwrap();
+        assert_eq!(seen, 60_000);
+        assert_eq!(open, 0, "every page was revoked or sealed, and released");
+        assert_eq!(q.counts(), (60_000, 0));
+        assert_eq!(q.free_rows.load(Ordering::Relaxed), 4096, "every lent row came back");
     }
 }
