@@ -660,3 +660,59 @@ fn threads_that_log_once_and_idle_do_not_fill_the_queue() {
     assert_eq!(rows.iter().filter(|r| r["Message"] == "once").count(), 200);
     assert_eq!(rows.iter().filter(|r| r["Message"] == "busy").count(), 20_000);
 }
+
+#[test]
+fn flush_under_sustained_overload_returns_once_its_rows_are_settled() {
+    // Uploads take 30 ms each, one at a time, ~10 rows per batch: rows keep coming far faster
+    // than they leave, for as long as the flush takes. The flush must not wait for that to end.
+    let emu = Emulator::start().unwrap();
+    emu.inject(Fault::Latency(Duration::from_millis(30)), 1_000_000);
+    let (layer, guard) = pipeline(&emu)
+        .queue_capacity(256)
+        .max_concurrency(1)
+        .max_uncompressed_batch(2_000)
+        .build()
+        .unwrap();
+    let dispatch = dispatch(layer);
+    let flushed = std::sync::atomic::AtomicBool::new(false);
+    let (before, report) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            tracing::dispatcher::with_default(&dispatch, || {
+                let started = Instant::now();
+                let mut i = 0u64;
+                while !flushed.load(std::sync::atomic::Ordering::SeqCst) && started.elapsed() < 2 * WAIT {
+                    tracing::info!(i, "steady load");
+                    i += 1;
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            });
+        });
+        // Other threads' flushes, with a short timeout, keep coming meanwhile.
+        let other = s.spawn(|| {
+            while !flushed.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = guard.flush_timeout(Duration::from_millis(1));
+            }
+        });
+        // Overloaded: rows are being dropped, and the table says so while it lasts.
+        assert!(wait_until(|| guard.stats().dropped > 0));
+        assert!(
+            wait_until(|| guard.stats().diagnostic_rows > 0),
+            "no drop report reached the table"
+        );
+        let before = guard.stats();
+        let report = guard.flush_timeout(WAIT);
+        flushed.store(true, std::sync::atomic::Ordering::SeqCst);
+        load.join().unwrap();
+        other.join().unwrap();
+        (before, report)
+    });
+    assert!(report.completed, "the flush waited for the overload to end: {report:?}");
+    // Every row enqueued before the flush was settled by the time it returned.
+    assert!(report.stats.sent + report.stats.failed >= before.enqueued);
+    let reports = emu
+        .rows(STREAM)
+        .iter()
+        .filter(|r| r["Target"] == "tracing_azure_logs")
+        .count() as u64;
+    assert!(reports >= before.diagnostic_rows && reports > 0);
+}

@@ -83,15 +83,39 @@ struct Stream {
     url: Url,
     builder: BatchBuilder,
     opened: Option<Instant>,
+    /// Batches of this stream closed so far.
+    closed: u64,
 }
 
+/// A flush goes through three stages: its rows are read (`wait`), the open batches holding them
+/// are closed (`closing`), and the batches up to `mark` settle.
 struct PendingFlush {
     /// How far each page must be read: the rows published before the flush was asked for.
     wait: Marks,
+    /// Once its rows are read: each stream whose open batch holds some of them, and the count of
+    /// closed batches that stream has to reach. Streams close one by one: under overload a
+    /// stream's slot for a waiting batch is free only now and then, and rarely for every stream
+    /// at once.
+    closing: Option<Vec<(u32, u64)>>,
     /// Set once every row of the flush is in a closed batch: batches with lower ids must settle.
     mark: Option<u64>,
-    /// Flushes asked for while this one waited for its rows join it (its marks cover theirs).
+    /// Flushes asked for while this one waited for its rows join it (its marks cover theirs),
+    /// and so do later flushes whose batches this one waits for anyway.
     replies: Vec<Sender<()>>,
+}
+
+impl PendingFlush {
+    /// Whether `later` is done once this flush is: it needs no batch closed or settled that this
+    /// one does not.
+    fn covers(&self, later: &PendingFlush) -> bool {
+        match (&self.closing, &later.closing, self.mark, later.mark) {
+            (_, _, Some(mine), Some(theirs)) => mine == theirs,
+            (Some(mine), Some(theirs), None, None) => theirs
+                .iter()
+                .all(|&(stream, closed)| mine.iter().any(|&(s, c)| s == stream && c >= closed)),
+            _ => false,
+        }
+    }
 }
 
 pub(crate) struct Worker {
@@ -192,6 +216,7 @@ impl Worker {
                 url,
                 builder: BatchBuilder::new(self.client.max_uncompressed()),
                 opened: None,
+                closed: 0,
             });
         }
         self.streams[index].as_mut()
@@ -207,13 +232,20 @@ impl Worker {
                     // say how far to read each page (rows published since may be covered too).
                     Control::Flush { reply } => {
                         let wait = self.reader.marks(&self.queue);
+                        // It joins the newest flush if that one is still waiting for its rows
+                        // and is not the oldest flush doing so: the oldest keeps its marks, so
+                        // flushes that keep coming cannot hold it back (under overload the reader
+                        // would never reach marks that move forward), and at most two flushes
+                        // wait for rows at any time.
+                        let reading = self.flushes.iter().filter(|f| f.closing.is_none()).count();
                         match self.flushes.last_mut() {
-                            Some(last) if last.mark.is_none() => {
+                            Some(last) if last.closing.is_none() && reading >= 2 => {
                                 last.wait = wait;
                                 last.replies.push(reply);
                             }
                             _ => self.flushes.push(PendingFlush {
                                 wait,
+                                closing: None,
                                 mark: None,
                                 replies: vec![reply],
                             }),
@@ -226,8 +258,9 @@ impl Worker {
                     }
                 }
             }
-            self.drain();
+            // Before the drain, which under overload leaves every open batch full.
             self.diagnose();
+            self.drain();
             self.close_aged();
             self.mark_flushes();
             self.start_uploads();
@@ -310,6 +343,7 @@ impl Worker {
         };
         s.opened = None;
         if let Some(batch) = s.builder.take() {
+            s.closed += 1;
             let id = self.next_batch;
             self.next_batch += 1;
             self.ready.push_back((id, stream, batch));
@@ -331,39 +365,45 @@ impl Worker {
         }
     }
 
-    /// A flush whose rows have all been taken closes every open batch and records the mark.
+    /// Moves flushes on: once a flush's rows are all read, the open batches holding them are
+    /// closed, each as soon as its stream has no closed batch waiting (never a second one: that is
+    /// what keeps the worker's memory bounded when uploads stall and flushes are frequent). Then
+    /// the flush records its mark.
     fn mark_flushes(&mut self) {
-        if !self
-            .flushes
-            .iter()
-            .any(|f| f.mark.is_none() && self.reader.reached(&f.wait))
-        {
-            return;
-        }
-        // Close every open batch, but never a second waiting batch for one stream (that is what
-        // keeps the worker's memory bounded when uploads stall and flushes are frequent): a stream
-        // whose closed batch is still waiting keeps the flush unmarked until a slot frees.
-        let mut all_closed = true;
-        for stream in 0..self.streams.len() as u32 {
-            if !self.ready.iter().any(|(_, s, _)| *s == stream) {
-                self.close(stream);
-            } else if self.streams[stream as usize]
-                .as_ref()
-                .is_some_and(|s| !s.builder.is_empty())
-            {
-                all_closed = false;
-            }
-        }
-        if !all_closed {
-            return;
-        }
-        let mark = self.next_batch;
-        for flush in &mut self.flushes {
-            if flush.mark.is_none() && self.reader.reached(&flush.wait) {
-                flush.mark = Some(mark);
+        let mut flushes = std::mem::take(&mut self.flushes);
+        for flush in flushes.iter_mut().filter(|f| f.mark.is_none()) {
+            if flush.closing.is_none() {
+                if !self.reader.reached(&flush.wait) {
+                    continue;
+                }
                 flush.wait = Marks::new();
+                let holding = self.streams.iter().enumerate().filter_map(|(i, s)| {
+                    let s = s.as_ref().filter(|s| !s.builder.is_empty())?;
+                    Some((i as u32, s.closed + 1))
+                });
+                flush.closing = Some(holding.collect());
+            }
+            let closing = flush.closing.as_mut().expect("set above");
+            closing.retain(|&(stream, closed)| {
+                let stream_closed = |w: &Worker| w.streams[stream as usize].as_ref().map_or(0, |s| s.closed);
+                if stream_closed(self) < closed && !self.ready.iter().any(|(_, s, _)| *s == stream) {
+                    self.close(stream);
+                }
+                stream_closed(self) < closed
+            });
+            if closing.is_empty() {
+                flush.mark = Some(self.next_batch);
             }
         }
+        // A stalled service leaves flushes waiting; merged, they stay a handful.
+        flushes.dedup_by(|later, earlier| {
+            let merge = earlier.covers(later);
+            if merge {
+                earlier.replies.append(&mut later.replies);
+            }
+            merge
+        });
+        self.flushes = flushes;
     }
 
     fn finish_flushes(&mut self) {
@@ -492,6 +532,7 @@ impl Worker {
     }
 
     /// While rows are being dropped, adds one row per interval to the main stream saying how many.
+    /// When the stream has no room for it, it tries again on the next tick.
     fn diagnose(&mut self) {
         let dropped = self.queue.counters.dropped.load(Ordering::Relaxed);
         if dropped == self.reported_drops {
@@ -504,15 +545,13 @@ impl Worker {
             return;
         }
         let new = dropped - self.reported_drops;
-        self.reported_drops = dropped;
-        self.last_diagnostic = Some(Instant::now());
         let mut row = Vec::with_capacity(512);
         crate::layer::encode_diagnostic(&self.config.shape, &mut row, new, dropped);
         let id = DIAGNOSTIC_ID + self.diagnostics;
-        self.diagnostics += 1;
-        if self.add(0, &row, id) != Added::Yes {
-            // No room now: the count carries over to the next report.
-            self.reported_drops -= new;
+        if self.add(0, &row, id) == Added::Yes {
+            self.reported_drops = dropped;
+            self.last_diagnostic = Some(Instant::now());
+            self.diagnostics += 1;
         }
     }
 
