@@ -1191,9 +1191,10 @@ mod tests {
         assert!(!reader.reached(&later));
     }
 
-    #[test]
-    #[cfg_attr(miri, ignore)]
-    fn many_threads_every_row_exactly_once() {
+    /// `producers` threads push 20,000 rows each (yielding now and then) while a reader that
+    /// revokes pages idle for `idle` takes them: every row must come exactly once, every page and
+    /// every lent row must come back.
+    fn every_row_exactly_once(producers: u32, idle: Duration) {
         let _one_at_a_time = heavy();
         let q = Arc::new(Queue::new(4096, 1 << 20, FullPolicy::Block(Duration::from_secs(30))));
         let done = Arc::new(AtomicBool::new(false));
@@ -1205,64 +1206,18 @@ mod tests {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
                     let finished = done.load(Ordering::Acquire);
-                    reader.read(&q, usize::MAX, |stream, row| {
+                    reader.read_revoking(&q, usize::MAX, idle, |stream, row| {
                         assert!(seen.insert((stream, row.to_vec())), "a row came twice");
                         true
                     });
-                    if finished || Instant::now() > deadline {
-                        return seen.len();
-                    }
-                    std::thread::yield_now();
-                }
-            })
-        };
-        let producers: Vec<_> = (0..4u32)
-            .map(|t| {
-                let q = q.clone();
-                std::thread::spawn(move || {
-                    for i in 0..20_000u32 {
-                        let mut buf = q.buffer();
-                        buf.extend_from_slice(format!("{{\"i\":{i}}}").as_bytes());
-                        assert!(q.push(t, buf));
-                    }
-                })
-            })
-            .collect();
-        for p in producers {
-            p.join().unwrap();
-        }
-        done.store(true, Ordering::Release);
-        assert_eq!(consumer.join().unwrap(), 80_000);
-        assert_eq!(q.counts(), (80_000, 0));
-    }
-
-    #[test]
-    #[cfg_attr(miri, ignore)]
-    fn revoking_pages_while_threads_write_loses_and_repeats_no_row() {
-        let _one_at_a_time = heavy();
-        // The worker revokes every page as soon as it has read it, racing producers that are
-        // between rows or in the middle of one.
-        let q = Arc::new(Queue::new(4096, 1 << 20, FullPolicy::Block(Duration::from_secs(30))));
-        let done = Arc::new(AtomicBool::new(false));
-        let consumer = {
-            let (q, done) = (q.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut reader = Reader::default();
-                let mut seen = std::collections::HashSet::new();
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    let finished = done.load(Ordering::Acquire);
-                    reader.read_revoking(&q, usize::MAX, Duration::ZERO, |stream, row| {
-                        assert!(seen.insert((stream, row.to_vec())), "a row came twice");
-                        true
-                    });
+                    // Sealed pages of exited producers are released by the read after `done`.
                     if finished || Instant::now() > deadline {
                         return (seen.len(), reader.pages.len());
                     }
                 }
             })
         };
-        let producers: Vec<_> = (0..3u32)
+        let threads: Vec<_> = (0..producers)
             .map(|t| {
                 let q = q.clone();
                 std::thread::spawn(move || {
@@ -1277,15 +1232,30 @@ mod tests {
                 })
             })
             .collect();
-        for p in producers {
-            p.join().unwrap();
+        for t in threads {
+            t.join().unwrap();
         }
         done.store(true, Ordering::Release);
+        let rows = u64::from(producers) * 20_000;
         let (seen, open) = consumer.join().unwrap();
-        assert_eq!(seen, 60_000);
+        assert_eq!(seen as u64, rows);
         assert_eq!(open, 0, "every page was revoked or sealed, and released");
-        assert_eq!(q.counts(), (60_000, 0));
+        assert_eq!(q.counts(), (rows, 0));
         assert_eq!(q.free_rows.load(Ordering::Relaxed), 4096, "every lent row came back");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn many_threads_every_row_exactly_once() {
+        every_row_exactly_once(4, REVOKE_IDLE);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn revoking_pages_while_threads_write_loses_and_repeats_no_row() {
+        // The reader revokes every page as soon as it has read it, racing producers that are
+        // between rows or in the middle of one.
+        every_row_exactly_once(3, Duration::ZERO);
     }
 
     // ---- Revocation: races and accounting (small enough for Miri) ----
