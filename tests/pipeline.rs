@@ -145,6 +145,7 @@ fn renamed_dropped_and_static_columns() {
         tracing::warn!(code = 5, "careful");
     });
     assert!(guard.flush_timeout(WAIT).completed);
+    assert_eq!(emu.row_count(STREAM), 1);
     let row = emu.rows(STREAM).pop().unwrap();
     let mut keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort();
@@ -163,6 +164,7 @@ fn renamed_dropped_and_static_columns() {
     assert_eq!(row["Severity"], "WARN");
     assert_eq!(row["Text"], "careful");
     assert_eq!(row["Shard"], 3);
+    assert_eq!(row["Env"], "test");
     assert_eq!(row["Properties"], json!({"code": 5}));
 }
 
@@ -175,6 +177,7 @@ fn long_values_are_truncated_at_a_char_boundary() {
         tracing::info!(blob = long.as_str(), "{}", long);
     });
     assert!(guard.flush_timeout(WAIT).completed);
+    assert_eq!(emu.row_count(STREAM), 1);
     let row = emu.rows(STREAM).pop().unwrap();
     for value in [&row["Properties"]["blob"], &row["Message"]] {
         let s = value.as_str().unwrap();
@@ -261,6 +264,11 @@ fn tiny_queue_and_slow_service_account_for_every_row() {
     let rows = emu.rows(STREAM);
     let (diagnostics, app): (Vec<&Value>, Vec<&Value>) = rows.iter().partition(|r| r["Target"] == "tracing_azure_logs");
     assert_eq!(app.len() as u64, stats.sent);
+    // Only latency is injected: rows arrive (each once), none fails.
+    assert!(!app.is_empty());
+    let ids: HashSet<u64> = app.iter().map(|r| r["Properties"]["i"].as_u64().unwrap()).collect();
+    assert_eq!(ids.len(), app.len(), "a row arrived twice");
+    assert_eq!(stats.failed, 0, "{stats:?}");
     assert!(!diagnostics.is_empty(), "the diagnostic row arrived");
     assert_eq!(diagnostics.len() as u64, stats.diagnostic_rows);
     let reported: u64 = diagnostics
@@ -438,6 +446,9 @@ fn one_callsite_on_one_thread_through_two_differently_shaped_pipelines() {
         tracing::dispatcher::with_default(&dispatch(second.clone()), || emit(round));
     }
     assert!(first_guard.flush_timeout(WAIT).completed && second_guard.flush_timeout(WAIT).completed);
+    let n = |rows: &[Value]| rows.iter().map(|r| r["Properties"]["n"].clone()).collect::<Vec<_>>();
+    assert_eq!(n(&emu.rows(STREAM)), [json!(0), json!(1)]);
+    assert_eq!(n(&emu.rows("Custom-Second_CL")), [json!(0), json!(1)]);
     for row in emu.rows(STREAM) {
         assert!(
             row.get("Level").is_some() && row.get("File").is_some() && row.get("Pipeline").is_none(),
@@ -481,6 +492,15 @@ fn frequent_flushes_against_a_stalled_service_keep_the_worker_bounded() {
     // Queue (64 rows) + per stream one open and one waiting batch + one in flight (~2,000 B each,
     // under 40 rows of ~100 B): well under 250 rows however many flushes were asked for.
     assert!(worst <= 250, "rows held by the pipeline grew to {worst}");
+    // Held, not given up on: no row failed, and flushes did not start uploads past the one
+    // allowed (it is still stalled).
+    let held = guard.stats();
+    assert!(worst > 0 && held.failed == 0, "{held:?}");
+    let at_emulator = emu.stats();
+    assert!(
+        at_emulator.max_in_flight <= 1 && at_emulator.requests == 0,
+        "{at_emulator:?}"
+    );
     let stats = guard.shutdown().stats;
     assert_eq!(stats.sent + stats.failed + stats.dropped, 200 * 50, "{stats:?}");
 }
@@ -556,6 +576,7 @@ fn deeply_nested_spans_keep_the_innermost_64() {
         drop(spans);
     });
     assert!(guard.flush_timeout(WAIT).completed);
+    assert_eq!(emu.row_count(STREAM), 1);
     let row = emu.rows(STREAM).pop().unwrap();
     let spans = row["Spans"].as_array().unwrap();
     assert_eq!(spans.len(), 64);
@@ -613,6 +634,7 @@ fn flush_delivers_rows_of_idle_and_exited_threads() {
     .map(String::from)
     .collect();
     assert_eq!(messages, expected);
+    assert_eq!(emu.row_count(STREAM), 4, "a row arrived twice");
     assert_eq!(report.stats.sent, 4);
 }
 
@@ -701,14 +723,16 @@ fn flush_under_sustained_overload_returns_once_its_rows_are_settled() {
         );
         let before = guard.stats();
         let report = guard.flush_timeout(WAIT);
+        // At the emulator when the flush returned: at least every row enqueued before it.
+        let arrived = emu.row_count(STREAM) as u64;
+        assert!(arrived >= before.enqueued, "{arrived} rows at the emulator, {before:?}");
         flushed.store(true, std::sync::atomic::Ordering::SeqCst);
         load.join().unwrap();
         other.join().unwrap();
         (before, report)
     });
     assert!(report.completed, "the flush waited for the overload to end: {report:?}");
-    // Every row enqueued before the flush was settled by the time it returned.
-    assert!(report.stats.sent + report.stats.failed >= before.enqueued);
+    assert_eq!(report.stats.failed, 0, "only latency is injected");
     let reports = emu
         .rows(STREAM)
         .iter()

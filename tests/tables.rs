@@ -189,13 +189,24 @@ fn table_in_another_rule_and_on_error_names_the_stream() {
     let other = guard.table_in::<Value>("dcr-other", ORDERS);
     other.send(&json!({"id": 1})).unwrap();
     assert!(guard.flush_timeout(WAIT).completed);
-    assert_eq!(emu.requests()[0].rule_id.as_deref(), Some("dcr-other"));
+    let first = &emu.requests()[0];
+    assert_eq!(
+        (first.rule_id.as_deref(), first.stream.as_deref(), first.status),
+        (Some("dcr-other"), Some(ORDERS), Some(204))
+    );
+    let stored = emu.rows(ORDERS);
+    assert_eq!(
+        stored,
+        vec![json!({"id": 1, "TimeGenerated": stored[0]["TimeGenerated"]})]
+    );
 
     emu.inject(Fault::Status(400), 1);
     other.send(&json!({"id": 2})).unwrap();
     assert!(guard.flush_timeout(WAIT).completed);
     let failures = failures.lock().unwrap();
     assert_eq!(failures.len(), 1);
+    assert_eq!(emu.requests()[1].status, Some(400));
+    assert_eq!(emu.row_count(ORDERS), 1, "the refused row was not stored");
     assert_eq!((failures[0].rule_id(), failures[0].stream()), ("dcr-other", ORDERS));
     assert_eq!(
         failures[0].to_values(),
