@@ -192,21 +192,21 @@ where
         let stream = self.routes.stream_for(meta.target(), event);
 
         let mut row = queue.buffer();
-        let cached_path = !from_log
-            && LOCAL
-                .try_with(|local| {
-                    // Already borrowed: an event emitted while this thread formats a field.
-                    let Ok(mut local) = local.try_borrow_mut() else {
-                        return false;
-                    };
-                    let Local { message, callsites } = &mut *local;
-                    let callsite = cached(callsites, &self.shape, event.metadata());
-                    self.encode_event(&mut row, message, event, meta, false, Some(callsite), &ctx);
-                    true
-                })
-                .unwrap_or(false);
-        if !cached_path {
-            // `log` records (their metadata is not static), re-entrant events, exiting threads.
+        let encoded = LOCAL
+            .try_with(|local| {
+                // Already borrowed: an event emitted while this thread formats a field.
+                let Ok(mut local) = local.try_borrow_mut() else {
+                    return false;
+                };
+                let Local { message, callsites } = &mut *local;
+                // `log` records share one callsite per level, with other metadata each time.
+                let callsite = (!from_log).then(|| cached(callsites, &self.shape, event.metadata()));
+                self.encode_event(&mut row, message, event, meta, from_log, callsite, &ctx);
+                true
+            })
+            .unwrap_or(false);
+        if !encoded {
+            // Re-entrant events, exiting threads.
             self.encode_event(&mut row, &mut Vec::new(), event, meta, from_log, None, &ctx);
         }
         queue.push(stream, row);

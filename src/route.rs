@@ -23,7 +23,10 @@ impl Routes {
     /// The stream id for an event with `target`: a declared stream named by the routing field
     /// first, then the longest matching target prefix, else the main stream.
     pub(crate) fn stream_for(&self, target: &str, event: &Event<'_>) -> u32 {
-        if let Some(route) = &self.field {
+        // Only callsites that have the field pay for a pass over the event's fields.
+        if let Some(route) = &self.field
+            && event.metadata().fields().field(&route.name).is_some()
+        {
             let mut finder = FieldFinder { route, found: None };
             event.record(&mut finder);
             if let Some(id) = finder.found {
