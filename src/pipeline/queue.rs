@@ -4,9 +4,9 @@
 //! - A producer thread encodes a row in its reused scratch buffer, copies it into *its* open page
 //!   and publishes it: one uncontended compare-and-swap on the page's state word claims the page
 //!   (see [`WRITING`]), one release store publishes the row. No lock, no allocation, no wake-up,
-//!   no cache line shared with another producer. Only when a page is full does it touch shared
-//!   state: it seals the page and takes the next one from the pool (page memory is reused, never
-//!   freed by the worker).
+//!   no cache line shared with another producer. Only when a page is full (of bytes, or of the
+//!   rows lent to it) does it touch shared state: it seals the page and takes the next one from
+//!   the pool (page memory is reused; only pages made for rows bigger than a page are freed).
 //! - A page is handed to the worker when it is opened, so rows of an idle thread are read (and
 //!   flushed) without that thread's help.
 //! - Bounds: `max_bytes` of pages (pages of up to 64 KiB) and `max_rows` rows, the latter lent to
@@ -206,7 +206,7 @@ impl Page {
 
 /// One producer thread's row count, summed by [`Queue::counts`]. Aligned to its own cache lines:
 /// its thread writes it on every row.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(128))]
 struct Shard {
     enqueued: AtomicU64,
@@ -499,8 +499,8 @@ impl Queue {
         }
     }
 
-    /// The worker is done with `page`, which its producer sealed: pooled for reuse, or freed if
-    /// it is a big one.
+    /// The worker is done with `page` (sealed by its producer, or a new header for a revoked
+    /// page's memory): pooled for reuse, or freed if it is a big one.
     fn release(&self, page: Arc<Page>) {
         if page.capacity == self.page_bytes {
             page.state.store(0, Ordering::Relaxed);
@@ -520,13 +520,7 @@ impl Queue {
     /// As for [`Page::take_data`].
     unsafe fn reclaim(&self, page: Arc<Page>) {
         // SAFETY: as the caller promised.
-        let data = unsafe { page.take_data() };
-        if data.len() == self.page_bytes {
-            self.release(Page::with_data(data));
-        } else {
-            drop(data);
-            self.charged.fetch_sub(self.charge_of(page.capacity), Ordering::Relaxed);
-        }
+        self.release(Page::with_data(unsafe { page.take_data() }));
     }
 
     fn register(&self) -> Arc<Shard> {
@@ -572,8 +566,8 @@ struct Slot {
     shard: Option<Arc<Shard>>,
     page: Option<Arc<Page>>,
     bytes: usize,
-    rows: usize,
-    credit: usize,
+    /// Rows the open page may still take (of those lent to it).
+    left: usize,
     enqueued: u64,
 }
 
@@ -594,8 +588,7 @@ impl Slot {
             shard,
             page: None,
             bytes: 0,
-            rows: 0,
-            credit: 0,
+            left: 0,
             enqueued: 0,
         }
     }
@@ -608,7 +601,7 @@ impl Slot {
             return false;
         }
         if let Some(page) = &self.page
-            && self.rows < self.credit
+            && self.left > 0
             && self.bytes + need <= page.capacity
         {
             if page.claim(self.bytes) {
@@ -616,7 +609,7 @@ impl Slot {
                 // it published and the row fits.
                 unsafe { page.write(self.bytes, stream, row) };
                 self.bytes += need;
-                self.rows += 1;
+                self.left -= 1;
                 self.enqueued += 1;
                 store_count(&self.shard, self.enqueued);
                 page.publish(self.bytes);
@@ -655,12 +648,11 @@ impl Slot {
         self.enqueued += 1;
         self.page = Some(page);
         self.bytes = need;
-        self.rows = 1;
-        self.credit = credit;
+        self.left = credit - 1;
         true
     }
 
-    /// Closes the open page: the worker frees it once read, and unused row capacity goes back
+    /// Closes the open page: the worker pools it once read, and unused row capacity goes back
     /// (unless the worker revoked the page and took it back itself). `None` when the queue is
     /// gone.
     fn seal(&mut self, queue: Option<&Queue>) {
@@ -668,7 +660,7 @@ impl Slot {
             && page.seal(self.bytes)
             && let Some(queue) = queue
         {
-            queue.return_credit(self.credit - self.rows);
+            queue.return_credit(self.left);
         }
         self.forget();
     }
@@ -677,13 +669,12 @@ impl Slot {
     fn forget(&mut self) {
         self.page = None;
         self.bytes = 0;
-        self.rows = 0;
-        self.credit = 0;
+        self.left = 0;
     }
 }
 
-/// Stores a thread's row count where [`Queue::counts`] sums it. Before the row is published, so
-/// that the worker never takes an uncounted row.
+/// Stores a thread's row count where [`Queue::counts`] sums it. Before the worker can see the
+/// row, so that it never takes an uncounted one.
 fn store_count(shard: &Option<Arc<Shard>>, enqueued: u64) {
     if let Some(shard) = shard {
         shard.enqueued.store(enqueued, Ordering::Relaxed);
@@ -846,7 +837,7 @@ impl Reader {
     /// Counts every published row not read yet and skips it, and takes every page back from its
     /// producer (at shutdown). Not a page whose producer is writing a row at that moment: that
     /// row is counted as dropped (see [`Queue::stop`]), and the page's memory stays with its
-    /// thread until the thread logs again or exits.
+    /// thread until the thread exits or first writes to another pipeline.
     pub(crate) fn discard(&mut self, queue: &Queue) -> u64 {
         self.read_revoking(queue, usize::MAX, Duration::ZERO, |_, _| true) as u64
     }
