@@ -883,7 +883,8 @@ pub(crate) fn json_kind(json: &[u8]) -> &'static str {
     }
 }
 
-fn lossy(row: &[u8]) -> String {
+/// A row as text, for `on_error`.
+pub(crate) fn lossy(row: &[u8]) -> String {
     String::from_utf8_lossy(row).into_owned()
 }
 

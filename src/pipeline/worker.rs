@@ -22,7 +22,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use reqwest::Url;
 
 use crate::client::batch::{Batch, BatchBuilder, Push};
-use crate::client::{FailedBatch, FailureReason, LogsIngestionClient, OnError, SendOutcome};
+use crate::client::{FailedBatch, FailureReason, LogsIngestionClient, OnError, SendOutcome, lossy};
 use crate::pipeline::queue::{Marks, Queue, Reader};
 use crate::pipeline::streams::{Streams, Target};
 use crate::row::RowShape;
@@ -295,7 +295,7 @@ impl Worker {
                     what: "uncompressed JSON",
                 };
                 let target = self.target(stream);
-                let text = String::from_utf8_lossy(row).into_owned();
+                let text = lossy(row);
                 self.report(&target, reason, vec![row_id], vec![text]);
             }
             Added::UnknownStream => {
@@ -314,7 +314,6 @@ impl Worker {
     /// Pushes `row` into the open batch of `stream`, closing that batch first when the row does not
     /// fit and no closed batch of the stream is already waiting.
     fn add(&mut self, stream: u32, row: &[u8], row_id: usize) -> Added {
-        let waiting = self.ready.iter().any(|(_, s, _)| *s == stream);
         let Some(open) = self.stream(stream) else {
             return Added::UnknownStream;
         };
@@ -324,7 +323,7 @@ impl Worker {
                 Added::Yes
             }
             Push::TooLarge => Added::TooLarge,
-            Push::Full if waiting => Added::Blocked,
+            Push::Full if self.waiting(stream) => Added::Blocked,
             Push::Full => {
                 self.close(stream);
                 let open = self.streams[stream as usize].as_mut().expect("set up above");
@@ -334,6 +333,11 @@ impl Worker {
                 Added::Yes
             }
         }
+    }
+
+    /// Whether a closed batch of `stream` waits for an upload slot (there is at most one).
+    fn waiting(&self, stream: u32) -> bool {
+        self.ready.iter().any(|(_, s, _)| *s == stream)
     }
 
     /// Closes the open batch of `stream`, if it has rows, into the ready list.
@@ -359,7 +363,7 @@ impl Worker {
             })
             .collect();
         for stream in aged {
-            if !self.ready.iter().any(|(_, s, _)| *s == stream) {
+            if !self.waiting(stream) {
                 self.close(stream);
             }
         }
@@ -386,7 +390,7 @@ impl Worker {
             let closing = flush.closing.as_mut().expect("set above");
             closing.retain(|&(stream, closed)| {
                 let stream_closed = |w: &Worker| w.streams[stream as usize].as_ref().map_or(0, |s| s.closed);
-                if stream_closed(self) < closed && !self.ready.iter().any(|(_, s, _)| *s == stream) {
+                if stream_closed(self) < closed && !self.waiting(stream) {
                     self.close(stream);
                 }
                 stream_closed(self) < closed
@@ -472,7 +476,7 @@ impl Worker {
                 }
                 Some(reason) => {
                     self.registry.count(stream, 0, app_rows);
-                    let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+                    let rows = batch.rows().map(lossy).collect();
                     self.report_counted(&target, reason, batch.ids().to_vec(), rows, app_rows);
                 }
             }
@@ -572,7 +576,7 @@ impl Worker {
         }
         for (_, stream, batch) in std::mem::take(&mut self.ready) {
             let target = self.target(stream);
-            let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+            let rows = batch.rows().map(lossy).collect();
             self.report(
                 &target,
                 reason("the batch was waiting to be sent"),
@@ -586,7 +590,7 @@ impl Worker {
             };
             let Some(batch) = stream.builder.take() else { continue };
             let target = stream.target.clone();
-            let rows = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+            let rows = batch.rows().map(lossy).collect();
             self.report(&target, reason("the batch was still open"), batch.ids().to_vec(), rows);
         }
         let queued = self.reader.discard(&self.queue);
