@@ -87,30 +87,34 @@ struct Stream {
     closed: u64,
 }
 
-/// A flush goes through three stages: its rows are read (`wait`), the open batches holding them
-/// are closed (`closing`), and the batches up to `mark` settle.
+/// A flush asked for and not yet answered.
 struct PendingFlush {
-    /// How far each page must be read: the rows published before the flush was asked for.
-    wait: Marks,
-    /// Once its rows are read: each stream whose open batch holds some of them, and the count of
-    /// closed batches that stream has to reach. Streams close one by one: under overload a
-    /// stream's slot for a waiting batch is free only now and then, and rarely for every stream
-    /// at once.
-    closing: Option<Vec<(u32, u64)>>,
-    /// Set once every row of the flush is in a closed batch: batches with lower ids must settle.
-    mark: Option<u64>,
+    stage: Stage,
     /// Flushes asked for while this one waited for its rows join it (its marks cover theirs),
     /// and so do later flushes whose batches this one waits for anyway.
     replies: Vec<Sender<()>>,
+}
+
+/// Where a flush is: its rows are read, then the open batches holding them are closed, then the
+/// closed batches settle.
+enum Stage {
+    /// How far each page must be read: the rows published before the flush was asked for.
+    Reading(Marks),
+    /// Each stream whose open batch held some of its rows, and the count of closed batches that
+    /// stream has to reach. Streams close one by one: under overload a stream's slot for a
+    /// waiting batch is free only now and then, and rarely for every stream at once.
+    Closing(Vec<(u32, u64)>),
+    /// Every row is in a closed batch: batches with lower ids must settle.
+    Settling(u64),
 }
 
 impl PendingFlush {
     /// Whether `later` is done once this flush is: it needs no batch closed or settled that this
     /// one does not.
     fn covers(&self, later: &PendingFlush) -> bool {
-        match (&self.closing, &later.closing, self.mark, later.mark) {
-            (_, _, Some(mine), Some(theirs)) => mine == theirs,
-            (Some(mine), Some(theirs), None, None) => theirs
+        match (&self.stage, &later.stage) {
+            (Stage::Settling(mine), Stage::Settling(theirs)) => mine == theirs,
+            (Stage::Closing(mine), Stage::Closing(theirs)) => theirs
                 .iter()
                 .all(|&(stream, closed)| mine.iter().any(|&(s, c)| s == stream && c >= closed)),
             _ => false,
@@ -237,16 +241,18 @@ impl Worker {
                         // flushes that keep coming cannot hold it back (under overload the reader
                         // would never reach marks that move forward), and at most two flushes
                         // wait for rows at any time.
-                        let reading = self.flushes.iter().filter(|f| f.closing.is_none()).count();
+                        let reading = self
+                            .flushes
+                            .iter()
+                            .filter(|f| matches!(f.stage, Stage::Reading(_)))
+                            .count();
                         match self.flushes.last_mut() {
-                            Some(last) if last.closing.is_none() && reading >= 2 => {
-                                last.wait = wait;
+                            Some(last) if matches!(last.stage, Stage::Reading(_)) && reading >= 2 => {
+                                last.stage = Stage::Reading(wait);
                                 last.replies.push(reply);
                             }
                             _ => self.flushes.push(PendingFlush {
-                                wait,
-                                closing: None,
-                                mark: None,
+                                stage: Stage::Reading(wait),
                                 replies: vec![reply],
                             }),
                         }
@@ -375,19 +381,20 @@ impl Worker {
     /// the flush records its mark.
     fn mark_flushes(&mut self) {
         let mut flushes = std::mem::take(&mut self.flushes);
-        for flush in flushes.iter_mut().filter(|f| f.mark.is_none()) {
-            if flush.closing.is_none() {
-                if !self.reader.reached(&flush.wait) {
+        for flush in &mut flushes {
+            if let Stage::Reading(wait) = &flush.stage {
+                if !self.reader.reached(wait) {
                     continue;
                 }
-                flush.wait = Marks::new();
                 let holding = self.streams.iter().enumerate().filter_map(|(i, s)| {
                     let s = s.as_ref().filter(|s| !s.builder.is_empty())?;
                     Some((i as u32, s.closed + 1))
                 });
-                flush.closing = Some(holding.collect());
+                flush.stage = Stage::Closing(holding.collect());
             }
-            let closing = flush.closing.as_mut().expect("set above");
+            let Stage::Closing(closing) = &mut flush.stage else {
+                continue;
+            };
             closing.retain(|&(stream, closed)| {
                 let stream_closed = |w: &Worker| w.streams[stream as usize].as_ref().map_or(0, |s| s.closed);
                 if stream_closed(self) < closed && !self.waiting(stream) {
@@ -396,7 +403,7 @@ impl Worker {
                 stream_closed(self) < closed
             });
             if closing.is_empty() {
-                flush.mark = Some(self.next_batch);
+                flush.stage = Stage::Settling(self.next_batch);
             }
         }
         // A stalled service leaves flushes waiting; merged, they stay a handful.
@@ -415,8 +422,8 @@ impl Worker {
         // the front of `ready` or an upload in flight.
         let waiting = self.ready.front().map(|(id, _, _)| *id);
         let oldest = self.uploading.keys().copied().chain(waiting).min().unwrap_or(u64::MAX);
-        self.flushes.retain(|flush| match flush.mark {
-            Some(mark) if oldest >= mark => {
+        self.flushes.retain(|flush| match flush.stage {
+            Stage::Settling(mark) if oldest >= mark => {
                 for reply in &flush.replies {
                     let _ = reply.send(());
                 }
