@@ -360,16 +360,15 @@ impl Worker {
         }
     }
 
+    /// Closes the open batches older than `max_delay`, except where a closed batch still waits.
     fn close_aged(&mut self) {
         let max_delay = self.config.max_delay;
-        let aged: Vec<u32> = (0..self.streams.len() as u32)
-            .filter(|&i| {
-                let s = self.streams[i as usize].as_ref();
-                s.and_then(|s| s.opened).is_some_and(|t| t.elapsed() >= max_delay)
-            })
-            .collect();
-        for stream in aged {
-            if !self.waiting(stream) {
+        for stream in 0..self.streams.len() as u32 {
+            let aged = self.streams[stream as usize]
+                .as_ref()
+                .and_then(|s| s.opened)
+                .is_some_and(|t| t.elapsed() >= max_delay);
+            if aged && !self.waiting(stream) {
                 self.close(stream);
             }
         }
