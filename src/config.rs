@@ -124,6 +124,16 @@ impl std::fmt::Debug for AzureLogsBuilder {
     }
 }
 
+/// An environment variable's value; unset, blank or not Unicode is `None`.
+pub(crate) fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The names of the variables that are `None`, in order.
+pub(crate) fn missing_vars<const N: usize>(vars: [(&'static str, &Option<String>); N]) -> Vec<&'static str> {
+    vars.into_iter().filter(|(_, v)| v.is_none()).map(|(n, _)| n).collect()
+}
+
 impl AzureLogsBuilder {
     /// Reads the destination from `AZURE_DCE_ENDPOINT`, `AZURE_DCR_RULE_ID` and
     /// `AZURE_DCR_STREAM_NAME` (the names the official SDK samples use); the error names every
@@ -131,17 +141,12 @@ impl AzureLogsBuilder {
     /// [`credential_from_env`](crate::client::credential_from_env), or is a fixed token when
     /// `AZURE_LOGS_EMULATOR_TOKEN` is set (local emulator only).
     pub fn from_env() -> Result<Self, ConfigError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let (endpoint, rule_id, stream) = (var(ENV_ENDPOINT), var(ENV_RULE_ID), var(ENV_STREAM));
-        let missing: Vec<&'static str> = [
+        let (endpoint, rule_id, stream) = (env_var(ENV_ENDPOINT), env_var(ENV_RULE_ID), env_var(ENV_STREAM));
+        let missing = missing_vars([
             (ENV_ENDPOINT, &endpoint),
             (ENV_RULE_ID, &rule_id),
             (ENV_STREAM, &stream),
-        ]
-        .into_iter()
-        .filter(|(_, v)| v.is_none())
-        .map(|(n, _)| n)
-        .collect();
+        ]);
         if !missing.is_empty() {
             return Err(ConfigError::MissingEnvironment(missing));
         }
@@ -149,7 +154,7 @@ impl AzureLogsBuilder {
             .endpoint(endpoint.unwrap_or_default())
             .rule_id(rule_id.unwrap_or_default())
             .stream(stream.unwrap_or_default());
-        if let Some(token) = var(ENV_EMULATOR_TOKEN) {
+        if let Some(token) = env_var(ENV_EMULATOR_TOKEN) {
             builder = builder.credential(StaticTokenCredential::new(token));
         }
         Ok(builder)

@@ -81,7 +81,7 @@ pub fn credential_from_env() -> Result<Arc<dyn TokenCredential>, ConfigError> {
 /// A token error from the chosen credential lists what was tried, so a missing variable is easy
 /// to spot. The credential's own retries are short (see [`credential_client_options`]).
 pub fn credential_from_env_with(http: &reqwest::Client) -> Result<Arc<dyn TokenCredential>, ConfigError> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let var = crate::config::env_var;
     let mut tried = Vec::new();
     let fail = |what: &str, e: azure_core::Error| ConfigError::Credential(format!("{what}: {e}"));
 
@@ -113,15 +113,11 @@ pub fn credential_from_env_with(http: &reqwest::Client) -> Result<Arc<dyn TokenC
         }
         (tenant, client, secret) => tried.push(format!(
             "client secret: not used, missing {}",
-            [
-                ("AZURE_TENANT_ID", tenant),
-                ("AZURE_CLIENT_ID", client),
-                ("AZURE_CLIENT_SECRET", secret)
-            ]
-            .iter()
-            .filter(|(_, v)| v.is_none())
-            .map(|(n, _)| *n)
-            .collect::<Vec<_>>()
+            crate::config::missing_vars([
+                ("AZURE_TENANT_ID", &tenant),
+                ("AZURE_CLIENT_ID", &client),
+                ("AZURE_CLIENT_SECRET", &secret)
+            ])
             .join(", ")
         )),
     }
