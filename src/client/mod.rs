@@ -488,6 +488,16 @@ impl LogsIngestionClient {
         self.inner.max_uncompressed
     }
 
+    /// Why `row` alone cannot be sent: as a one-row array (brackets included) it is over the
+    /// uncompressed batch limit.
+    pub(crate) fn row_too_large(&self, row: &[u8]) -> FailureReason {
+        FailureReason::RowTooLarge {
+            size: row.len() + 2,
+            limit: self.inner.max_uncompressed,
+            what: "uncompressed JSON",
+        }
+    }
+
     /// `{endpoint}/dataCollectionRules/{rule}/streams/{stream}?api-version=...`, segments escaped.
     pub(crate) fn stream_url(&self, rule_id: &str, stream: &str) -> Url {
         let mut url = self.inner.endpoint.clone();
@@ -541,12 +551,7 @@ impl LogsIngestionClient {
                     Push::Added => {}
                     Push::TooLarge => {
                         report.failed_rows += 1;
-                        let reason = FailureReason::RowTooLarge {
-                            size: row.len() + 2,
-                            limit: self.inner.max_uncompressed,
-                            what: "uncompressed JSON",
-                        };
-                        on_error(failed(reason, vec![index], vec![lossy(&row)]));
+                        on_error(failed(self.row_too_large(&row), vec![index], vec![lossy(&row)]));
                     }
                     Push::Full => {
                         closed = builder.take();

@@ -295,11 +295,7 @@ impl Worker {
             Added::Yes => {}
             Added::Blocked => return false,
             Added::TooLarge => {
-                let reason = FailureReason::RowTooLarge {
-                    size: row.len() + 2,
-                    limit: self.client.max_uncompressed(),
-                    what: "uncompressed JSON",
-                };
+                let reason = self.client.row_too_large(row);
                 let target = self.target(stream);
                 let text = lossy(row);
                 self.report(&target, reason, vec![row_id], vec![text]);
