@@ -426,6 +426,8 @@ impl AzureLogsBuilder {
                 .collect();
             routes.field = Some(FieldRoute { name, streams });
         }
+        // Calibrates the event clock here rather than in the first event.
+        crate::clock::start();
         let worker = Worker::new(
             queue.clone(),
             registry.clone(),

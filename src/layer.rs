@@ -8,7 +8,6 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tracing::field::Field;
 use tracing::span::{Attributes, Id, Record};
@@ -19,7 +18,7 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::pipeline::queue::Queue;
 use crate::route::Routes;
-use crate::row::{CachedKeys, EventFields, FieldSink, Fields, RowShape, key, write_int, write_str, write_time};
+use crate::row::{CachedKeys, EventFields, FieldSink, Fields, RowShape, key, write_int, write_str};
 
 /// Ships each event as a row to the Logs Ingestion API, through the pipeline that
 /// [`AzureLogsBuilder::build`](crate::AzureLogsBuilder::build) starts. Composes with `EnvFilter`
@@ -349,7 +348,7 @@ pub(crate) fn begin_row(shape: &RowShape, row: &mut Vec<u8>, level: &Level, targ
 fn write_time_column(shape: &RowShape, row: &mut Vec<u8>) {
     if let Some(k) = &shape.time_generated {
         key(row, k);
-        write_time(row, SystemTime::now());
+        row.extend_from_slice(&crate::clock::now_json());
     }
 }
 

@@ -50,6 +50,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod client;
+mod clock;
 mod config;
 #[cfg(feature = "emulator")]
 pub mod emulator;

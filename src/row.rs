@@ -19,7 +19,6 @@
 //! Non-finite floats become `null`; `Debug` and `Display` values become strings.
 
 use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -406,70 +405,6 @@ fn write_short_decimal(out: &mut Vec<u8>, value: f64) -> bool {
     false
 }
 
-/// Writes `t` as a JSON string, RFC 3339 UTC with microseconds: `"2026-11-22T10:00:00.123456Z"`.
-pub(crate) fn write_time(out: &mut Vec<u8>, t: SystemTime) {
-    out.extend_from_slice(&time_json(t));
-}
-
-thread_local! {
-    /// The last second formatted on this thread: most events share it with the one before.
-    static LAST_SECOND: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((u64::MAX, [0; 29])) };
-}
-
-/// `t` as a JSON string, RFC 3339 UTC with microseconds, quotes included.
-pub(crate) fn time_json(t: SystemTime) -> [u8; 29] {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let mut buf = match LAST_SECOND.try_with(std::cell::Cell::get) {
-        Ok((cached, buf)) if cached == secs => buf,
-        _ => {
-            let buf = format_second(secs);
-            let _ = LAST_SECOND.try_with(|last| last.set((secs, buf)));
-            buf
-        }
-    };
-    let mut micros = since.subsec_micros();
-    for i in (21..27).rev() {
-        buf[i] = b'0' + (micros % 10) as u8;
-        micros /= 10;
-    }
-    buf
-}
-
-/// `"YYYY-MM-DDTHH:MM:SS.000000Z"` for a Unix second.
-fn format_second(secs: u64) -> [u8; 29] {
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let sod = secs % 86_400;
-    let mut buf = *b"\"0000-00-00T00:00:00.000000Z\"";
-    let mut put = |at: usize, width: usize, mut v: u64| {
-        for i in (at..at + width).rev() {
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(1, 4, year.clamp(0, 9999) as u64);
-    put(6, 2, u64::from(month));
-    put(9, 2, u64::from(day));
-    put(12, 2, sod / 3600);
-    put(15, 2, sod / 60 % 60);
-    put(18, 2, sod % 60);
-    buf
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// Where a visited field's value goes: `None` skips the field.
 pub(crate) trait FieldSink {
     fn slot(&mut self, field: &tracing::field::Field) -> Option<&mut Vec<u8>>;
@@ -584,41 +519,9 @@ impl<S: FieldSink> tracing::field::Visit for Fields<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn as_json(bytes: &[u8]) -> Value {
         serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
-    }
-
-    #[test]
-    fn time_matches_a_reference_formatter() {
-        for secs in [
-            0u64,
-            951_782_400,
-            1_709_164_800,
-            1_795_000_000,
-            4_102_444_799,
-            253_402_300_799,
-        ] {
-            for micros in [0u32, 1, 999_999] {
-                let t = UNIX_EPOCH + Duration::new(secs, micros * 1000);
-                let mut out = Vec::new();
-                write_time(&mut out, t);
-                let ours = as_json(&out);
-                let odt = azure_core::time::OffsetDateTime::from(t);
-                let reference = format!(
-                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-                    odt.year(),
-                    odt.month() as u8,
-                    odt.day(),
-                    odt.hour(),
-                    odt.minute(),
-                    odt.second(),
-                    odt.microsecond()
-                );
-                assert_eq!(ours, Value::String(reference));
-            }
-        }
     }
 
     #[test]
@@ -660,16 +563,6 @@ mod tests {
             let mut out = Vec::new();
             write_str(&mut out, &text);
             assert_eq!(as_json(&out), Value::String(text));
-        }
-    }
-
-    #[test]
-    fn times_within_one_second_reuse_the_prefix() {
-        let base = UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        for micros in [0u64, 7, 999_999] {
-            let t = base + Duration::from_micros(micros);
-            let text = String::from_utf8(time_json(t).to_vec()).unwrap();
-            assert_eq!(text, format!("\"2026-11-18T11:06:40.{micros:06}Z\""));
         }
     }
 

@@ -13,12 +13,11 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::clock::now_json;
 use crate::pipeline::queue::Queue;
-use crate::row::time_json;
 
 /// Why [`Table::send`] did not enqueue a row. The row was not shipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,7 +86,7 @@ impl<T: Serialize> Table<T> {
             return Err(SendError::NotAnObject(kind));
         }
         if self.add_time && !has_top_level_key(&json, b"TimeGenerated") {
-            let time = time_json(SystemTime::now());
+            let time = now_json();
             let comma = json.len() > 2;
             let insert = TIME_KEY.len() + time.len() + usize::from(comma);
             let len = json.len();

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use tracing::Dispatch;
@@ -59,6 +59,7 @@ fn rows_have_every_default_column_with_json_types() {
     let shape = |b: AzureLogsBuilder| b.static_column("Service", "checkout");
     let emu = declared(shape(AzureLogs::builder()).columns());
     let (layer, guard) = shape(pipeline(&emu)).build().unwrap();
+    let before = SystemTime::now();
     tracing::dispatcher::with_default(&dispatch(layer), || {
         let span = tracing::info_span!(
             "request",
@@ -84,6 +85,7 @@ fn rows_have_every_default_column_with_json_types() {
             "request handled"
         );
     });
+    let after = SystemTime::now();
     let report = guard.flush_timeout(WAIT);
     assert!(report.completed);
     assert_eq!(
@@ -97,6 +99,13 @@ fn rows_have_every_default_column_with_json_types() {
     let time = row["TimeGenerated"].as_str().unwrap();
     assert_eq!(time.len(), "2026-11-22T10:00:00.123456Z".len(), "{time}");
     assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+    // The event's own time (to the microsecond, which truncation may take below `before`).
+    let at = SystemTime::from(azure_core::time::parse_rfc3339(time).unwrap());
+    let micro = Duration::from_micros(1);
+    assert!(
+        before - micro <= at && at <= after,
+        "{time} not between {before:?} and {after:?}"
+    );
     assert_eq!(row["Level"], "INFO");
     assert_eq!(row["Target"], "app::http");
     assert_eq!(row["Message"], "request handled");
