@@ -11,6 +11,11 @@
 //! part, so the timed events are enqueued, not dropped, while the worker drains, gzips and uploads
 //! concurrently on the same 2 cores. Drops are counted and printed at the end (expected 0).
 //!
+//! Before criterion, a paired report measures every subject, and a control that uses no tracing
+//! (`cpu_only`), in interleaved rounds from one and from two threads, and prints medians: the
+//! layer's time over fmt json's within each round, and each subject's two-thread time over its
+//! one-thread time, next to the control's (this VM's own cost of running two threads at once).
+//!
 //! Criterion's figures are wall-clock. The summary also gives each emitting thread's own CPU time
 //! per event (`*_cpu`, from `CLOCK_THREAD_CPUTIME_ID`): on 2 cores the worker and the in-process
 //! emulator preempt the emitters, which wall-clock time counts and CPU time does not.
@@ -18,7 +23,8 @@
 //! Environment: `BENCH_CHUNK=N` changes the chunk; `BENCH_ALLOC_BACKTRACE=N` prints where the
 //! first N steady-state allocations of the layer's events come from; `BENCH_PROFILE_EVENTS=N`
 //! only emits N events through the layer and exits (for `valgrind --tool=callgrind
-//! --toggle-collect='*common::events*'`).
+//! --toggle-collect='*common::events*'`); `BENCH_ROUNDS=N` (default 24, 0 skips it) and
+//! `BENCH_SUBJECTS=a,b` shape the paired report.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -353,6 +359,163 @@ fn wakeup_report(v: &Variant, n: u64) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Two threads against one, in interleaved rounds, with a control that uses no tracing at all.
+
+/// Work of about the same size as an event that touches nothing but its own thread's buffer: the
+/// machine's own cost of running two threads at once (shared caches, memory, the hypervisor).
+#[inline(never)]
+fn cpu_only(n: u64, buf: &mut Vec<u8>) {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..n {
+        buf.clear();
+        for _ in 0..24 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            buf.extend_from_slice(b",\"field\":");
+            buf.extend_from_slice(itoa::Buffer::new().format(x % 1_000_000_000).as_bytes());
+        }
+        std::hint::black_box(&buf);
+    }
+}
+
+/// Per-event CPU time of each emitting thread, in rounds that take turns between the subjects
+/// (the variants and the [`cpu_only`] control) and between one and two threads, a few chunks
+/// each: this VM's speed drifts by tens of percent over seconds, and measuring the subjects one
+/// after another for seconds each (as criterion does) puts that drift into their ratios. Each
+/// turn first emits one untimed chunk (the subject warms up again after the others ran). The
+/// same two threads run every round (a fresh thread would start with a cold allocator arena,
+/// which costs fmt json, not this layer), and the first round is a warm-up. Prints medians over
+/// `BENCH_ROUNDS` rounds (default 24; `BENCH_SUBJECTS=a,b` picks subjects) of each subject's
+/// time, of the layer's time over fmt json's (paired within a round), and of two threads' time
+/// over one thread's.
+fn paired_report(variants: &[Variant]) {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
+    if rounds == 0 {
+        return;
+    }
+    let chunks = 2;
+    let mut names: Vec<&str> = variants.iter().map(|v| v.name).collect();
+    names.push("cpu_only");
+    // The steps, in order: (round, subject, threads); round 0 is the warm-up.
+    // `BENCH_SUBJECTS=a,b`: only these subjects (by name).
+    let only = std::env::var("BENCH_SUBJECTS").unwrap_or_default();
+    let included = |i: usize| only.is_empty() || only.split(',').any(|n| n == names[i]);
+    let mut plan = Vec::new();
+    for round in 0..=rounds {
+        let order: [usize; 2] = if round % 2 == 0 { [1, 2] } else { [2, 1] };
+        for threads in order {
+            for k in 0..names.len() {
+                let subject = (k + round) % names.len();
+                if included(subject) {
+                    plan.push((round, subject, threads));
+                }
+            }
+        }
+    }
+    let barrier = Barrier::new(2);
+    // Each step's CPU time per event, per thread that took part.
+    let per_thread: Vec<Vec<Option<f64>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let (barrier, plan) = (&barrier, &plan);
+                s.spawn(move || {
+                    let mut out = Vec::with_capacity(plan.len());
+                    for &(_, subject, threads) in plan {
+                        let variant = variants.get(subject);
+                        let mut cpu = 0;
+                        // Chunk 0 warms the subject up again after the others ran; untimed.
+                        for c in 0..=chunks {
+                            barrier.wait();
+                            if t < threads {
+                                let n = chunk();
+                                let timed = || {
+                                    let start = common::this_thread_cpu_ns();
+                                    match variant {
+                                        Some(_) => events(n),
+                                        None => CONTROL_BUF.with(|b| cpu_only(n, &mut b.borrow_mut())),
+                                    }
+                                    common::this_thread_cpu_ns() - start
+                                };
+                                let took = match variant {
+                                    Some(v) => {
+                                        tracing::dispatcher::with_default(&v.dispatch, || in_request_span(timed))
+                                    }
+                                    None => timed(),
+                                };
+                                if c > 0 {
+                                    cpu += took;
+                                }
+                            }
+                            barrier.wait();
+                            if let (0, Some(v)) = (t, variant) {
+                                v.settle();
+                            }
+                        }
+                        out.push((t < threads).then(|| cpu as f64 / (chunks * chunk()) as f64));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("paired thread")).collect()
+    });
+    // samples[threads - 1][subject][round - 1]: the mean over the threads that took part.
+    let mut samples = vec![vec![Vec::new(); names.len()]; 2];
+    for (step, &(round, subject, threads)) in plan.iter().enumerate() {
+        if round == 0 {
+            continue;
+        }
+        let times: Vec<f64> = per_thread.iter().filter_map(|p| p[step]).collect();
+        samples[threads - 1][subject].push(times.iter().sum::<f64>() / times.len() as f64);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let ratios = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a / b).collect::<Vec<f64>>();
+    println!(
+        "== paired: each emitting thread's CPU time per event, medians of {rounds} interleaved rounds (min-max) =="
+    );
+    for (i, name) in names.iter().enumerate() {
+        if samples[0][i].is_empty() {
+            continue;
+        }
+        let one = median(samples[0][i].clone());
+        let two = median(samples[1][i].clone());
+        let scaling = median(ratios(&samples[1][i], &samples[0][i]));
+        println!(
+            "paired {name}: 1 thread {:.0} ns ({:.0}-{:.0}); 2 threads {:.0} ns ({:.0}-{:.0}); 2 threads / 1 thread {:.3} ({:.3}-{:.3})",
+            one.0, one.1, one.2, two.0, two.1, two.2, scaling.0, scaling.1, scaling.2
+        );
+    }
+    let measured = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .filter(|&i| !samples[0][i].is_empty())
+    };
+    if let (Some(layer), Some(fmt)) = (measured("azure_logs"), measured("fmt_json_non_blocking")) {
+        for threads in [1, 2] {
+            let (m, lo, hi) = median(ratios(&samples[threads - 1][layer], &samples[threads - 1][fmt]));
+            println!(
+                "paired azure_logs/fmt_json, {threads} thread(s): median {m:.3} (1/{:.1}; rounds 1/{:.1}-1/{:.1})",
+                1.0 / m,
+                1.0 / hi,
+                1.0 / lo
+            );
+        }
+    }
+}
+
+thread_local! {
+    static CONTROL_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn main() {
     let emu = common::emulator();
@@ -393,6 +556,7 @@ fn main() {
     println!("== allocations on the emitting thread, steady state ==");
     alloc_report(&variants);
     wakeup_report(&variants[0], 50_000);
+    paired_report(&variants);
 
     let mut group = criterion.benchmark_group("one_thread");
     for v in &variants {
