@@ -5,8 +5,9 @@
 //! invariant and otherwise falls back to the OS monotonic clock; about 10 ns) and add the elapsed
 //! counter time to a system-clock reading that each thread takes at most a millisecond earlier.
 //! So event times follow clock steps (NTP, a manual change) within a millisecond, and differ from
-//! `SystemTime::now()` by the counter's calibration error over at most a millisecond: tens of
-//! nanoseconds, below the column's microsecond resolution.
+//! `SystemTime::now()` by the counter's calibration error over at most a millisecond (33-142 ns
+//! measured here) plus half the time one system-clock read takes (about 20 ns here): below the
+//! column's microsecond resolution.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -64,18 +65,25 @@ pub(crate) fn now_nanos() -> u64 {
     reanchor(clock)
 }
 
-/// Reads the system clock between two counter readings, and keeps the pair if they are close
-/// (a preemption between them would shift every time until the next anchor).
+/// Reads the system clock between two counter readings and pairs it with their midpoint, so
+/// the pair is off by at most half the time the read took (about 20 ns here). Tries again when
+/// the readings are far apart (a preemption between them would shift every time until the next
+/// anchor).
 #[cold]
 fn reanchor(clock: &quanta::Clock) -> u64 {
-    const CLOSE_NANOS: u64 = 20_000;
+    const CLOSE_NANOS: u64 = 5_000;
     let mut anchor = Anchor { raw: 0, nanos: 0 };
     for _ in 0..8 {
         let before = clock.raw();
         let nanos = system_nanos();
         let after = clock.raw();
-        anchor = Anchor { raw: after, nanos };
-        if after >= before && clock.delta_as_nanos(before, after) < CLOSE_NANOS {
+        // Counters of different cores can disagree: a thread moved between the readings.
+        let after = after.max(before);
+        anchor = Anchor {
+            raw: before + (after - before) / 2,
+            nanos,
+        };
+        if clock.delta_as_nanos(before, after) < CLOSE_NANOS {
             break;
         }
     }
