@@ -33,7 +33,7 @@ use crate::config::{AzureLogsBuilder, InitError};
 use crate::layer::{begin_row, write_tail};
 use crate::pipeline::AzureLogsGuard;
 use crate::pipeline::queue::Queue;
-use crate::route::Routes;
+use crate::route::{Routes, longest_prefix};
 use crate::row::{RowShape, key, key_str, write_f64, write_fmt, write_int, write_str};
 
 /// Which `log` records the bridge ships: a default level, and levels for target prefixes (the
@@ -60,11 +60,7 @@ impl LogBridge {
     }
 
     fn level_for(&self, target: &str) -> LevelFilter {
-        self.targets
-            .iter()
-            .filter(|(p, _)| target == p || (target.starts_with(p.as_str()) && target[p.len()..].starts_with("::")))
-            .max_by_key(|(p, _)| p.len())
-            .map_or(self.level, |(_, l)| *l)
+        longest_prefix(&self.targets, target).map_or(self.level, |l| *l)
     }
 
     /// The most verbose level any target may ship, for `log::set_max_level`.

@@ -38,14 +38,7 @@ impl Routes {
 
     /// The stream id for a target: the longest matching prefix, else the main stream.
     pub(crate) fn stream_for_target(&self, target: &str) -> u32 {
-        if self.targets.is_empty() {
-            return 0;
-        }
-        self.targets
-            .iter()
-            .filter(|(prefix, _)| target_matches(target, prefix))
-            .max_by_key(|(prefix, _)| prefix.len())
-            .map_or(0, |(_, id)| *id)
+        longest_prefix(&self.targets, target).map_or(0, |id| *id)
     }
 }
 
@@ -62,6 +55,15 @@ impl Visit for FieldFinder<'_> {
     }
 
     fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+}
+
+/// The value of the longest prefix in `entries` that `target` is at or below.
+pub(crate) fn longest_prefix<'a, T>(entries: &'a [(String, T)], target: &str) -> Option<&'a T> {
+    entries
+        .iter()
+        .filter(|(prefix, _)| target_matches(target, prefix))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, value)| value)
 }
 
 /// `app::audit` matches prefix `app::audit` and `app`, not `app::aud`.
