@@ -86,18 +86,28 @@ impl Columns {
         ]
     }
 
-    /// Every column name in use, defaults then statics, in row order.
-    fn names(&self) -> impl Iterator<Item = &str> {
+    /// Every column in use with its DCR type, defaults then statics, in row order.
+    fn typed(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        let statics = self.statics.iter().map(|(name, value)| {
+            let kind = match value {
+                Value::Bool(_) => "boolean",
+                Value::Number(n) if n.is_f64() => "real",
+                Value::Number(_) => "long",
+                Value::String(_) => "string",
+                _ => "dynamic",
+            };
+            (name.as_str(), kind)
+        });
         self.defaults()
             .into_iter()
-            .filter_map(|(name, _)| name.as_deref())
-            .chain(self.statics.iter().map(|(n, _)| n.as_str()))
+            .filter_map(|(name, kind)| name.as_deref().map(|n| (n, kind)))
+            .chain(statics)
     }
 
     /// Fails on an empty column name or one used twice (rows would carry duplicate keys).
     pub(crate) fn check(&self) -> Result<(), crate::client::ConfigError> {
         let mut seen = std::collections::HashSet::new();
-        for name in self.names() {
+        for (name, _) in self.typed() {
             let reason = if name.is_empty() {
                 "a column name is empty".to_owned()
             } else if !seen.insert(name) {
@@ -133,20 +143,7 @@ impl Columns {
 
     /// Every column with its DCR type, in row order.
     fn typed_columns(&self) -> Vec<Value> {
-        let statics = self.statics.iter().map(|(name, value)| {
-            let kind = match value {
-                Value::Bool(_) => "boolean",
-                Value::Number(n) if n.is_f64() => "real",
-                Value::Number(_) => "long",
-                Value::String(_) => "string",
-                _ => "dynamic",
-            };
-            (name.as_str(), kind)
-        });
-        self.defaults()
-            .into_iter()
-            .filter_map(|(name, kind)| name.as_deref().map(|n| (n, kind)))
-            .chain(statics)
+        self.typed()
             .map(|(name, kind)| serde_json::json!({"name": name, "type": kind}))
             .collect()
     }
