@@ -567,11 +567,12 @@ impl TokenCredential for Silent {
     }
 }
 
-/// Fails its first call, then hands out the emulator's token.
+/// Fails its call number `fails` (from 0), and hands out the emulator's token otherwise.
 #[derive(Debug)]
 struct FlakyOnce {
     inner: Arc<dyn TokenCredential>,
     calls: AtomicU64,
+    fails: u64,
 }
 
 #[async_trait::async_trait]
@@ -581,7 +582,7 @@ impl TokenCredential for FlakyOnce {
         scopes: &[&str],
         options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == self.fails {
             return Err(azure_core::Error::with_message(
                 azure_core::error::ErrorKind::Credential,
                 "identity endpoint briefly unavailable",
@@ -624,6 +625,7 @@ async fn a_token_error_is_retried_like_any_transient_failure() {
         let credential = Arc::new(FlakyOnce {
             inner: emu.credential(),
             calls: AtomicU64::new(0),
+            fails: 0,
         });
         let c = LogsIngestionClient::builder(emu.endpoint(), credential.clone())
             .retry_policy(fast_retries())
@@ -633,6 +635,34 @@ async fn a_token_error_is_retried_like_any_transient_failure() {
         assert_eq!(report.sent_rows, 1);
         assert_eq!(credential.calls.load(Ordering::SeqCst), 2);
         assert_eq!(emu.row_count(STREAM), 1);
+    })
+    .await;
+}
+
+/// The refresh after a 401 fails once: the retry sends the old token, is refused again, and
+/// refreshes again (a failed refresh is no refresh).
+#[tokio::test]
+async fn a_failed_refresh_after_a_401_is_tried_again() {
+    bounded(async {
+        let emu = Emulator::start().unwrap();
+        let credential = Arc::new(FlakyOnce {
+            inner: emu.credential(),
+            calls: AtomicU64::new(0),
+            fails: 1,
+        });
+        let c = LogsIngestionClient::builder(emu.endpoint(), credential.clone())
+            .retry_policy(fast_retries())
+            .build()
+            .unwrap();
+        c.upload(RULE, STREAM, [json!({"n": 1})]).await.unwrap();
+        emu.set_token(Some("rotated-token".into()));
+        let report = c.upload(RULE, STREAM, [json!({"n": 2})]).await.unwrap();
+        assert_eq!(report.sent_rows, 1);
+        let statuses: Vec<_> = emu.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, vec![Some(204), Some(401), Some(401), Some(204)]);
+        assert_eq!(credential.calls.load(Ordering::SeqCst), 3);
+        let rows = emu.rows(STREAM);
+        assert_eq!(rows.iter().map(|r| r["n"].as_i64()).collect::<Vec<_>>(), [Some(1), Some(2)]);
     })
     .await;
 }

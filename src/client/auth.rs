@@ -333,8 +333,16 @@ impl TokenCache {
     }
 
     /// The failure for a credential that gave no token within `waited`.
-    pub(crate) fn timed_out(&self, waited: Duration) -> FailureReason {
-        self.auth_error(format!("the credential gave no token within {waited:?}"))
+    /// `fetch` (a `get` or `replace`), failing once `limit` has passed: a credential that never
+    /// answers must not outlive the retry deadline.
+    pub(crate) async fn within(
+        &self,
+        limit: Duration,
+        fetch: impl Future<Output = Result<Arc<CachedToken>, FailureReason>>,
+    ) -> Result<Arc<CachedToken>, FailureReason> {
+        tokio::time::timeout(limit, fetch).await.unwrap_or_else(|_| {
+            Err(self.auth_error(format!("the credential gave no token within {limit:?}")))
+        })
     }
 
     fn auth_error(&self, message: String) -> FailureReason {

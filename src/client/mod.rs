@@ -668,16 +668,17 @@ impl LogsIngestionClient {
                     return outcome;
                 }
                 Attempt::Unauthorized(rejected) => {
-                    // One fresh token, and the retry with it does not wait or count.
-                    refreshed = true;
-                    tries -= 1;
-                    match tokio::time::timeout(remaining, inner.tokens.replace(&rejected)).await {
-                        Ok(Ok(fresh)) => {
+                    // One fresh token, and the retry with it does not wait or count. A failed
+                    // fetch counts as a try, and the next 401 may ask for a fresh token again.
+                    let remaining = inner.retry.deadline.saturating_sub(started.elapsed());
+                    match inner.tokens.within(remaining, inner.tokens.replace(&rejected)).await {
+                        Ok(fresh) => {
+                            refreshed = true;
+                            tries -= 1;
                             token = Some(fresh);
                             continue;
                         }
-                        Ok(Err(reason)) => Failed::Token(reason),
-                        Err(_) => Failed::Token(inner.tokens.timed_out(remaining)),
+                        Err(reason) => Failed::Token(reason),
                     }
                 }
                 Attempt::Failed(failed) => failed,
@@ -722,10 +723,9 @@ impl LogsIngestionClient {
         let current = match token {
             Some(t) => t.clone(),
             // A credential that never answers must not outlive the retry deadline.
-            None => match tokio::time::timeout(remaining, inner.tokens.get()).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(reason)) => return Attempt::Failed(Failed::Token(reason)),
-                Err(_) => return Attempt::Failed(Failed::Token(inner.tokens.timed_out(remaining))),
+            None => match inner.tokens.within(remaining, inner.tokens.get()).await {
+                Ok(t) => t,
+                Err(reason) => return Attempt::Failed(Failed::Token(reason)),
             },
         };
         *token = Some(current.clone());
