@@ -53,8 +53,10 @@ pub enum FullPolicy {
     Block(Duration),
 }
 
-/// Counters that producers and the worker update.
+/// Counters that producers and the worker update. Aligned to cache lines of their own: the
+/// worker writes `taken` on every read, and producers read their queue's other fields per row.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Counters {
     /// Rows the worker has taken off the queue (only the worker writes it).
     pub(crate) taken: AtomicU64,
@@ -242,19 +244,25 @@ impl Shards {
     }
 }
 
+/// Row and page budgets: producers change them once per page, the worker once per page read.
+/// Aligned to cache lines of their own, away from the fields producers read on every row.
 #[derive(Debug)]
-pub(crate) struct Queue {
-    /// Unique per queue: producer slots are keyed on it.
-    id: u64,
-    page_bytes: usize,
-    max_pages: usize,
+#[repr(align(128))]
+struct Budget {
     /// Pages charged against `max_pages`: pooled ones, in use ones, and big ones (several each).
     charged: AtomicUsize,
+    /// Row capacity not lent to a page.
+    free_rows: AtomicUsize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    page_bytes: usize,
+    max_pages: usize,
+    budget: Budget,
     pool: ArrayQueue<Arc<Page>>,
     /// Pages opened by producers, in order, not yet seen by the worker.
     published: ArrayQueue<Arc<Page>>,
-    /// Row capacity not lent to a page.
-    free_rows: AtomicUsize,
     credit: usize,
     policy: FullPolicy,
     closed: AtomicBool,
@@ -268,7 +276,6 @@ pub(crate) struct Queue {
 
 impl Queue {
     pub(crate) fn new(max_rows: usize, max_bytes: usize, policy: FullPolicy) -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let max_rows = max_rows.max(1);
         let page_bytes = (max_bytes / 64).clamp(MIN_PAGE_BYTES, MAX_PAGE_BYTES);
         let max_pages = (max_bytes / page_bytes).max(1);
@@ -277,13 +284,14 @@ impl Queue {
             .max(max_rows.div_ceil(max_pages))
             .clamp(1, MAX_CREDIT);
         Queue {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             page_bytes,
             max_pages,
-            charged: AtomicUsize::new(0),
+            budget: Budget {
+                charged: AtomicUsize::new(0),
+                free_rows: AtomicUsize::new(max_rows),
+            },
             pool: ArrayQueue::new(max_pages),
             published: ArrayQueue::new(max_pages),
-            free_rows: AtomicUsize::new(max_rows),
             credit,
             policy,
             closed: AtomicBool::new(false),
@@ -368,7 +376,7 @@ impl Queue {
 
     /// Row capacity neither queued nor lent to an open page.
     pub(crate) fn room(&self) -> usize {
-        self.free_rows.load(Ordering::Relaxed)
+        self.budget.free_rows.load(Ordering::Relaxed)
     }
 
     /// Rows published by every producer so far.
@@ -428,7 +436,7 @@ impl Queue {
     fn append_unslotted(&self, stream: u32, row: &[u8]) -> bool {
         // Counted before it is published, like rows in slots.
         self.unslotted.fetch_add(1, Ordering::Release);
-        let mut slot = Slot::detached(self);
+        let mut slot = Slot::detached();
         let appended = slot.append(self, stream, row);
         if !appended {
             self.unslotted.fetch_sub(1, Ordering::Release);
@@ -439,14 +447,14 @@ impl Queue {
 
     /// Lends row capacity to a page: up to `credit` rows, none when the queue is full.
     fn take_credit(&self) -> Option<usize> {
-        let mut free = self.free_rows.load(Ordering::Relaxed);
+        let mut free = self.budget.free_rows.load(Ordering::Relaxed);
         loop {
             if free == 0 {
                 return None;
             }
             let take = free.min(self.credit);
             match self
-                .free_rows
+                .budget.free_rows
                 .compare_exchange_weak(free, free - take, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => return Some(take),
@@ -457,7 +465,7 @@ impl Queue {
 
     fn return_credit(&self, rows: usize) {
         if rows > 0 {
-            self.free_rows.fetch_add(rows, Ordering::Relaxed);
+            self.budget.free_rows.fetch_add(rows, Ordering::Relaxed);
         }
     }
 
@@ -481,16 +489,16 @@ impl Queue {
             // Can never fit: keep the pooled pages.
             return None;
         }
-        let mut charged = self.charged.load(Ordering::Relaxed);
+        let mut charged = self.budget.charged.load(Ordering::Relaxed);
         loop {
             if charged + charge > self.max_pages {
                 // Room held by idle pooled pages is given back before giving up.
                 drop(self.pool.pop()?);
-                charged = self.charged.fetch_sub(1, Ordering::Relaxed) - 1;
+                charged = self.budget.charged.fetch_sub(1, Ordering::Relaxed) - 1;
                 continue;
             }
             match self
-                .charged
+                .budget.charged
                 .compare_exchange_weak(charged, charged + charge, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => return Some(Page::new(capacity)),
@@ -507,9 +515,9 @@ impl Queue {
             if self.pool.push(page).is_ok() {
                 return;
             }
-            self.charged.fetch_sub(1, Ordering::Relaxed);
+            self.budget.charged.fetch_sub(1, Ordering::Relaxed);
         } else {
-            self.charged.fetch_sub(self.charge_of(page.capacity), Ordering::Relaxed);
+            self.budget.charged.fetch_sub(self.charge_of(page.capacity), Ordering::Relaxed);
         }
     }
 
@@ -547,7 +555,8 @@ struct Producer {
 
 impl Producer {
     fn slot(&mut self, queue: &Arc<Queue>) -> &mut Slot {
-        match self.slots.iter().position(|s| s.queue_id == queue.id) {
+        // A slot's `Weak` keeps its queue's allocation, so the address names one queue.
+        match self.slots.iter().position(|s| std::ptr::eq(s.queue.as_ptr(), Arc::as_ptr(queue))) {
             Some(i) => &mut self.slots[i],
             None => {
                 // Slots of queues that are gone or closed only hold pages back.
@@ -561,7 +570,6 @@ impl Producer {
 
 /// A thread's open page in one queue.
 struct Slot {
-    queue_id: u64,
     queue: Weak<Queue>,
     shard: Option<Arc<Shard>>,
     page: Option<Arc<Page>>,
@@ -573,18 +581,17 @@ struct Slot {
 
 impl Slot {
     fn new(queue: &Arc<Queue>) -> Slot {
-        Slot::empty(queue, Arc::downgrade(queue), Some(queue.register()))
+        Slot::empty(Arc::downgrade(queue), Some(queue.register()))
     }
 
     /// A slot used for one row and sealed at once; its count is kept by the caller.
-    fn detached(queue: &Queue) -> Slot {
-        Slot::empty(queue, Weak::new(), None)
+    fn detached() -> Slot {
+        Slot::empty(Weak::new(), None)
     }
 
-    fn empty(queue: &Queue, weak: Weak<Queue>, shard: Option<Arc<Shard>>) -> Slot {
+    fn empty(queue: Weak<Queue>, shard: Option<Arc<Shard>>) -> Slot {
         Slot {
-            queue_id: queue.id,
-            queue: weak,
+            queue,
             shard,
             page: None,
             bytes: 0,
@@ -926,7 +933,7 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1].1, big);
         assert_eq!(
-            q.charged.load(Ordering::Relaxed),
+            q.budget.charged.load(Ordering::Relaxed),
             1,
             "the big page was freed, the small one pooled"
         );
@@ -1102,14 +1109,14 @@ mod tests {
         let mut reader = Reader::default();
         let (release, idle) = idle_threads(&q, &mut reader, 64, b"{}");
         read_until_all_revoked(&mut reader, &q);
-        assert_eq!(q.charged.load(Ordering::Relaxed), 64, "no page over the byte bound");
+        assert_eq!(q.budget.charged.load(Ordering::Relaxed), 64, "no page over the byte bound");
         assert_eq!(q.pool.len(), 64, "every page's memory went back to the pool");
         let row = vec![b'x'; 1000 - HEADER];
         let accepted = (0..64).filter(|_| push(&q, &row)).count();
         assert_eq!(accepted, 64, "idle threads held pages");
         release.wait();
         assert!(idle.into_iter().all(|t| t.join().unwrap()));
-        assert_eq!(q.charged.load(Ordering::Relaxed), 64);
+        assert_eq!(q.budget.charged.load(Ordering::Relaxed), 64);
     }
 
     #[test]
@@ -1145,8 +1152,8 @@ mod tests {
         producer.join().unwrap();
         assert_eq!(rows, [r#"{"i":0}"#, r#"{"i":1}"#, r#"{"i":2}"#]);
         assert_eq!(q.counts(), (3, 0));
-        assert_eq!(q.free_rows.load(Ordering::Relaxed), 1000, "every lent row came back");
-        assert_eq!(q.pool.len(), q.charged.load(Ordering::Relaxed), "every page is pooled");
+        assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), 1000, "every lent row came back");
+        assert_eq!(q.pool.len(), q.budget.charged.load(Ordering::Relaxed), "every page is pooled");
     }
 
     #[test]
@@ -1232,7 +1239,7 @@ mod tests {
         assert_eq!(seen as u64, rows);
         assert_eq!(open, 0, "every page was revoked or sealed, and released");
         assert_eq!(q.counts(), (rows, 0));
-        assert_eq!(q.free_rows.load(Ordering::Relaxed), 4096, "every lent row came back");
+        assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), 4096, "every lent row came back");
     }
 
     #[test]
@@ -1313,10 +1320,10 @@ mod tests {
                 }
                 true
             });
-            let charged = q.charged.load(Ordering::Relaxed);
+            let charged = q.budget.charged.load(Ordering::Relaxed);
             assert!(charged <= q.max_pages, "{charged} pages charged of {}", q.max_pages);
             assert!(
-                q.free_rows.load(Ordering::Relaxed) <= self.max_rows,
+                q.budget.free_rows.load(Ordering::Relaxed) <= self.max_rows,
                 "more rows free than exist"
             );
         }
@@ -1422,9 +1429,9 @@ mod tests {
         let attempted = u64::from(r.producers) * u64::from(r.rows);
         assert_eq!(checker.seen.len() as u64, accepted, "rows lost");
         assert_eq!(q.counts(), (accepted, attempted - accepted));
-        assert_eq!(q.free_rows.load(Ordering::Relaxed), max_rows, "lent rows not returned");
-        assert_eq!(q.pool.len(), q.charged.load(Ordering::Relaxed), "pages not pooled");
-        assert!(q.charged.load(Ordering::Relaxed) <= q.max_pages);
+        assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), max_rows, "lent rows not returned");
+        assert_eq!(q.pool.len(), q.budget.charged.load(Ordering::Relaxed), "pages not pooled");
+        assert!(q.budget.charged.load(Ordering::Relaxed) <= q.max_pages);
     }
 
     #[test]
@@ -1505,12 +1512,12 @@ mod tests {
         let mut reader = Reader::default();
         assert!(push(&q, b"{}"));
         assert!(push(&q, &[b'x'; 1500]), "a big page, charged 2 of 4");
-        assert_eq!(q.charged.load(Ordering::Relaxed), 3);
+        assert_eq!(q.budget.charged.load(Ordering::Relaxed), 3);
         assert_eq!(reader.read_revoking(&q, usize::MAX, Duration::ZERO, |_, _| true), 2);
         assert!(reader.pages.is_empty());
-        assert_eq!(q.charged.load(Ordering::Relaxed), 1, "the big page's memory was freed");
+        assert_eq!(q.budget.charged.load(Ordering::Relaxed), 1, "the big page's memory was freed");
         assert_eq!(q.pool.len(), 1);
-        assert_eq!(q.free_rows.load(Ordering::Relaxed), 64);
+        assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), 64);
         // This thread still holds the revoked (empty) big page: the next row takes a new one.
         assert!(push(&q, &[b'y'; 3000]), "3 pages charged of 4");
         assert!(push(&q, b"{}"));
@@ -1536,13 +1543,13 @@ mod tests {
         pushed.recv().unwrap();
         assert_eq!(reader.read_revoking(&q, usize::MAX, Duration::ZERO, |_, _| true), 1);
         assert!(reader.pages.is_empty(), "revoked");
-        assert_eq!(q.free_rows.load(Ordering::Relaxed), 64);
+        assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), 64);
         exit_tx.send(()).unwrap();
         thread.join().unwrap();
         // The exiting thread's seal failed: it gave back nothing more.
-        assert_eq!(q.free_rows.load(Ordering::Relaxed), 64);
+        assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), 64);
         assert!(read_all(&mut reader, &q).is_empty());
-        assert_eq!(q.pool.len(), q.charged.load(Ordering::Relaxed));
+        assert_eq!(q.pool.len(), q.budget.charged.load(Ordering::Relaxed));
         assert_eq!(q.counts(), (1, 0));
     }
 
@@ -1611,8 +1618,8 @@ mod tests {
         let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(results, [(3, 0), (3, 0)]);
         assert_eq!(q.counts(), (6, 4));
-        assert_eq!(q.free_rows.load(Ordering::Relaxed), 64);
-        assert_eq!(q.pool.len(), q.charged.load(Ordering::Relaxed));
+        assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), 64);
+        assert_eq!(q.pool.len(), q.budget.charged.load(Ordering::Relaxed));
     }
 
     #[test]
