@@ -18,6 +18,7 @@ fn log_records_with_key_values_arrive_typed() {
     let bridge = LogBridge::new(log::LevelFilter::Info).target("noisy", log::LevelFilter::Warn);
     let guard = log_bridge::init(builder, bridge).unwrap();
 
+    let line = line!() + 1;
     log::info!(order_id = 7, total = 12.5, paid = true, who = "ada", big = u64::MAX; "order {} placed", 7);
     log::debug!("below the default level");
     log::info!(target: "noisy::pool", "below the target's level");
@@ -35,7 +36,7 @@ fn log_records_with_key_values_arrive_typed() {
         json!({"order_id": 7, "total": 12.5, "paid": true, "who": "ada", "big": u64::MAX})
     );
     assert!(row["File"].as_str().unwrap().ends_with("log_bridge.rs"));
-    assert!(row["Line"].as_u64().unwrap() > 0);
+    assert_eq!(row["Line"], line);
     assert_eq!(row["Spans"], json!([]));
     assert_eq!(rows[1]["Target"], "noisy::pool");
     assert_eq!(rows[1]["Level"], "WARN");

@@ -20,6 +20,7 @@ fn a_record_through_log_tracer_arrives_once() {
     let err = log_bridge::init(builder(), LogBridge::new(log::LevelFilter::Trace)).unwrap_err();
     assert!(matches!(err, InitError::LoggerAlreadySet(_)), "{err}");
 
+    let line = line!() + 1;
     log::warn!(target: "legacy::db", attempt = 3; "connection reset");
     tracing::info!("a tracing event");
     assert!(guard.flush_timeout(Duration::from_secs(20)).completed);
@@ -32,6 +33,7 @@ fn a_record_through_log_tracer_arrives_once() {
     assert_eq!(record[0]["Target"], "legacy::db");
     assert_eq!(record[0]["Level"], "WARN");
     assert!(record[0]["File"].as_str().unwrap().ends_with("log_tracer_once.rs"));
+    assert_eq!(record[0]["Line"], line);
     assert!(
         record[0]["Properties"]
             .as_object()

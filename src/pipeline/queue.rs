@@ -1633,10 +1633,12 @@ mod tests {
                 .map(|_| {
                     let q = q.clone();
                     std::thread::spawn(move || {
+                        let mut accepted = 0u64;
                         for _ in 0..rows {
-                            push(&q, b"{}");
+                            accepted += u64::from(push(&q, b"{}"));
                             std::thread::yield_now();
                         }
+                        accepted
                     })
                 })
                 .collect();
@@ -1645,11 +1647,13 @@ mod tests {
             taken += reader.discard(&q);
             q.counters.taken.store(taken, Ordering::Release);
             q.stop();
-            for t in threads {
-                t.join().unwrap();
-            }
+            let accepted: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            // Every accepted row was counted, every refused one dropped, and the worker took no
+            // row that was not counted.
+            assert_eq!(q.enqueued(), accepted);
+            assert_eq!(accepted + q.counters.dropped.load(Ordering::Relaxed), 2 * rows);
+            assert!(taken <= accepted, "took {taken} rows, {accepted} counted");
             let (enqueued, dropped) = q.counts();
-            assert_eq!(enqueued, taken);
             assert_eq!(enqueued + dropped, 2 * rows);
         }
     }
