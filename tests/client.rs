@@ -484,7 +484,16 @@ fn plain_http_to_a_remote_host_is_refused_at_build() {
     assert!(matches!(err, ConfigError::InsecureEndpoint { .. }));
     assert!(err.to_string().contains("use https://"), "{err}");
     assert!(LogsIngestionClient::new("http://127.0.0.1:9", cred.clone()).is_ok());
-    assert!(LogsIngestionClient::new("https://my-dce.eastus-1.ingest.monitor.azure.com", cred).is_ok());
+    assert!(LogsIngestionClient::new("https://my-dce.eastus-1.ingest.monitor.azure.com", cred.clone()).is_ok());
+}
+
+#[test]
+fn an_endpoint_with_a_password_is_refused_without_echoing_it() {
+    let cred: Arc<dyn TokenCredential> = StaticTokenCredential::new("t");
+    let err = LogsIngestionClient::new("https://user:hunter2@my-dce.eastus-1.ingest.monitor.azure.com", cred).unwrap_err();
+    assert!(matches!(err, ConfigError::InvalidEndpoint { .. }), "{err:?}");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("user name or password") && !text.contains("hunter2"), "{text}");
 }
 
 #[test]

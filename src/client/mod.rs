@@ -280,6 +280,16 @@ fn parse_endpoint(endpoint: &str) -> Result<Url, ConfigError> {
         reason: reason.to_owned(),
     };
     let url = Url::parse(endpoint.trim()).map_err(|e| bad(&e.to_string()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Not echoed: the error would carry the password.
+        let mut shown = url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        return Err(ConfigError::InvalidEndpoint {
+            endpoint: shown.to_string(),
+            reason: "it must not contain a user name or password (the client authenticates with its credential)".into(),
+        });
+    }
     let host = url.host_str().ok_or_else(|| bad("it has no host"))?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("it must not have a query or fragment"));
