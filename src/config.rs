@@ -352,14 +352,11 @@ impl AzureLogsBuilder {
 
     /// Checks the settings, starts the worker thread, and returns the layer and its guard.
     pub fn build(self) -> Result<(AzureLogsLayer, AzureLogsGuard), ConfigError> {
-        let missing: Vec<&'static str> = [
-            ("endpoint", self.endpoint.is_none()),
-            ("rule_id", self.rule_id.is_none()),
-            ("stream", self.stream.is_none()),
-        ]
-        .into_iter()
-        .filter_map(|(n, m)| m.then_some(n))
-        .collect();
+        let missing = missing_vars([
+            ("endpoint", &self.endpoint),
+            ("rule_id", &self.rule_id),
+            ("stream", &self.stream),
+        ]);
         if !missing.is_empty() {
             return Err(ConfigError::InvalidOption {
                 option: "destination",
@@ -404,14 +401,11 @@ impl AzureLogsBuilder {
             self.full_policy,
         ));
         let (control, control_rx) = crossbeam_channel::unbounded();
-        let registry = Arc::new(Streams::new(Target {
-            rule_id: rule_id.clone(),
-            stream: self.stream.unwrap_or_default(),
-        }));
         let in_rule = |stream: String| Target {
             rule_id: rule_id.clone(),
             stream,
         };
+        let registry = Arc::new(Streams::new(in_rule(self.stream.unwrap_or_default())));
         let mut routes = Routes::default();
         for (prefix, stream) in self.target_routes {
             routes.targets.push((prefix, registry.id_for(&in_rule(stream))));
@@ -454,7 +448,6 @@ impl AzureLogsBuilder {
             registry,
             shape: layer.shape.clone(),
             routes: layer.routes.clone(),
-            rule_id,
             client,
             control,
             worker: Some(worker),

@@ -75,7 +75,6 @@ pub struct AzureLogsGuard {
     pub(crate) registry: Arc<Streams>,
     pub(crate) shape: Arc<RowShape>,
     pub(crate) routes: Arc<Routes>,
-    pub(crate) rule_id: String,
     pub(crate) client: LogsIngestionClient,
     pub(crate) control: Sender<Control>,
     pub(crate) worker: Option<JoinHandle<()>>,
@@ -125,7 +124,9 @@ impl AzureLogsGuard {
 
     /// A handle that sends rows of type `T` to `stream` of this pipeline's rule. See [`Table`].
     pub fn table<T: serde::Serialize>(&self, stream: impl Into<String>) -> Table<T> {
-        self.table_in(self.rule_id.clone(), stream)
+        // Id 0 is the main stream, registered when the pipeline was built.
+        let rule_id = self.registry.target(0).map(|t| t.rule_id).unwrap_or_default();
+        self.table_in(rule_id, stream)
     }
 
     /// A handle that sends rows of type `T` to `stream` of another rule on the same endpoint.
