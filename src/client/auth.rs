@@ -203,14 +203,10 @@ impl TokenCredential for EnvCredential {
 
 /// A token as the cache keeps it. `Debug` never shows the token.
 pub(crate) struct CachedToken {
-    token: Secret,
+    /// `Bearer <token>`, built once per token and marked sensitive (hidden from `Debug` of the
+    /// request and its headers).
+    pub(crate) authorization: reqwest::header::HeaderValue,
     refresh_at: Instant,
-}
-
-impl CachedToken {
-    pub(crate) fn bearer(&self) -> String {
-        format!("Bearer {}", self.token.secret())
-    }
 }
 
 impl fmt::Debug for CachedToken {
@@ -309,23 +305,29 @@ impl TokenCache {
         let number = self.fetches.fetch_add(1, Ordering::Relaxed) + 1;
         let result = self.credential.get_token(&[&self.scope], None).await;
         let mut last = self.last.write().unwrap_or_else(|e| e.into_inner());
+        // A token that cannot be a header value fails like a credential error.
+        let result = result.map_err(|e| e.to_string()).and_then(|access| {
+            let mut authorization = reqwest::header::HeaderValue::try_from(format!("Bearer {}", access.token.secret()))
+                .map_err(|_| "the credential returned a token that is not a valid HTTP header value".to_owned())?;
+            authorization.set_sensitive(true);
+            Ok((access, authorization))
+        });
         match result {
-            Ok(access) => {
+            Ok((access, authorization)) => {
                 let lifetime = (access.expires_on - azure_core::time::OffsetDateTime::now_utc())
                     .try_into()
                     .unwrap_or(Duration::ZERO);
                 // Refresh 5 minutes ahead, or at half-life for short-lived tokens.
                 let margin = (lifetime / 2).min(Duration::from_secs(300));
                 let token = Arc::new(CachedToken {
-                    token: access.token,
+                    authorization,
                     refresh_at: Instant::now() + lifetime - margin,
                 });
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
                 *last = (number, None);
                 Ok(token)
             }
-            Err(e) => {
-                let message = e.to_string();
+            Err(message) => {
                 *last = (number, Some(message.clone()));
                 Err(self.auth_error(message))
             }

@@ -759,7 +759,7 @@ impl LogsIngestionClient {
             .header(CONTENT_TYPE, "application/json")
             .header("accept", "application/json")
             .header("x-ms-client-request-id", request_id)
-            .header("authorization", current.bearer())
+            .header(reqwest::header::AUTHORIZATION, current.authorization.clone())
             .body(body.clone());
         if encoding == ContentEncoding::Gzip {
             request = request.header(CONTENT_ENCODING, "gzip");
