@@ -99,7 +99,7 @@ impl BatchBuilder {
         if row.len() + 2 > self.max_uncompressed {
             return Push::TooLarge;
         }
-        if !self.open.spans.is_empty() && self.open.json.len() + 1 + row.len() + 1 > self.max_uncompressed {
+        if !self.is_empty() && self.open.json.len() + 1 + row.len() + 1 > self.max_uncompressed {
             return Push::Full;
         }
         self.open.append(row, id);
@@ -113,7 +113,7 @@ impl BatchBuilder {
 
     /// Closes and returns the open batch, if it has rows.
     pub(crate) fn take(&mut self) -> Option<Batch> {
-        if self.open.spans.is_empty() {
+        if self.is_empty() {
             return None;
         }
         let mut batch = std::mem::take(&mut self.open);

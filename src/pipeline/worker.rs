@@ -304,7 +304,7 @@ impl Worker {
                 // Ids come from the registry, so this cannot happen; count the row rather than
                 // lose it silently.
                 let reason = FailureReason::InvalidRow(format!("unknown destination {stream}"));
-                self.fail_rows(1, None, reason);
+                self.fail_rows(1, reason);
             }
         }
         self.taken += 1;
@@ -486,11 +486,12 @@ impl Worker {
     }
 
     /// Counts `n` failed rows that have no batch (no text to hand back).
-    fn fail_rows(&self, n: u64, target: Option<&Target>, reason: FailureReason) {
+    /// Rows that failed before they had a destination (so the report names none).
+    fn fail_rows(&self, n: u64, reason: FailureReason) {
         self.queue.counters.failed.fetch_add(n, Ordering::Relaxed);
         let failed = FailedBatch {
-            rule_id: target.map(|t| t.rule_id.clone()).unwrap_or_default(),
-            stream: target.map(|t| t.stream.clone()).unwrap_or_default(),
+            rule_id: String::new(),
+            stream: String::new(),
             reason,
             indices: Vec::new(),
             rows: Vec::new(),
@@ -600,7 +601,7 @@ impl Worker {
         self.queue.counters.taken.store(self.taken, Ordering::Release);
         self.queue.stop();
         if queued > 0 {
-            self.fail_rows(queued, None, reason("the rows were still queued"));
+            self.fail_rows(queued, reason("the rows were still queued"));
         }
     }
 
