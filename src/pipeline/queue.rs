@@ -944,14 +944,22 @@ mod tests {
         let q = Arc::new(Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_secs(5))));
         assert!(push(&q, b"{}"));
         let q2 = q.clone();
+        let started = Instant::now();
         let reader = std::thread::spawn(move || {
-            // Frees the row's room, whenever the producer is waiting on it.
+            // Frees the row's room only after 20 ms (not a wait for a result: it makes sure the
+            // producer finds the queue full and has to wait).
+            std::thread::sleep(Duration::from_millis(20));
             let mut reader = Reader::default();
             let deadline = Instant::now() + Duration::from_secs(5);
-            while read_all(&mut reader, &q2).is_empty() && Instant::now() < deadline {}
+            let mut read = Vec::new();
+            while read.is_empty() && Instant::now() < deadline {
+                read = read_all(&mut reader, &q2);
+            }
+            read
         });
         assert!(push(&q, b"{}"), "waited for room");
-        reader.join().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(20), "did not wait");
+        assert_eq!(reader.join().unwrap().len(), 1, "the first row was read");
 
         let q = Arc::new(Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_millis(20))));
         assert!(push(&q, b"{}"));
