@@ -242,6 +242,9 @@ mod tests {
         let after = system_nanos() / 1_000;
         let at = SystemTime::from(azure_core::time::parse_rfc3339(&text).unwrap());
         let micros = at.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
-        assert!(before <= micros + 10 && micros <= after + 10, "{before} <= {micros} ({text}) <= {after}");
+        assert!(
+            before <= micros + 10 && micros <= after + 10,
+            "{before} <= {micros} ({text}) <= {after}"
+        );
     }
 }

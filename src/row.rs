@@ -539,7 +539,11 @@ mod tests {
         let mut out = Vec::new();
         write_fmt(&mut out, format_args!("{:?}", "x".repeat(MAX_FIELD_BYTES * 2)));
         let s = as_json(&out).as_str().unwrap().to_owned();
-        assert!(s.len() <= MAX_FIELD_BYTES && s.len() > MAX_FIELD_BYTES - 20, "{}", s.len());
+        assert!(
+            s.len() <= MAX_FIELD_BYTES && s.len() > MAX_FIELD_BYTES - 20,
+            "{}",
+            s.len()
+        );
         assert!(s.starts_with("\"xxx") && s.ends_with(TRUNCATED));
     }
 

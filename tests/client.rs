@@ -490,10 +490,14 @@ fn plain_http_to_a_remote_host_is_refused_at_build() {
 #[test]
 fn an_endpoint_with_a_password_is_refused_without_echoing_it() {
     let cred: Arc<dyn TokenCredential> = StaticTokenCredential::new("t");
-    let err = LogsIngestionClient::new("https://user:hunter2@my-dce.eastus-1.ingest.monitor.azure.com", cred).unwrap_err();
+    let err =
+        LogsIngestionClient::new("https://user:hunter2@my-dce.eastus-1.ingest.monitor.azure.com", cred).unwrap_err();
     assert!(matches!(err, ConfigError::InvalidEndpoint { .. }), "{err:?}");
     let text = format!("{err} {err:?}");
-    assert!(text.contains("user name or password") && !text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("user name or password") && !text.contains("hunter2"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -671,7 +675,10 @@ async fn a_failed_refresh_after_a_401_is_tried_again() {
         assert_eq!(statuses, vec![Some(204), Some(401), Some(401), Some(204)]);
         assert_eq!(credential.calls.load(Ordering::SeqCst), 3);
         let rows = emu.rows(STREAM);
-        assert_eq!(rows.iter().map(|r| r["n"].as_i64()).collect::<Vec<_>>(), [Some(1), Some(2)]);
+        assert_eq!(
+            rows.iter().map(|r| r["n"].as_i64()).collect::<Vec<_>>(),
+            [Some(1), Some(2)]
+        );
     })
     .await;
 }

@@ -342,9 +342,9 @@ impl TokenCache {
         limit: Duration,
         fetch: impl Future<Output = Result<Arc<CachedToken>, FailureReason>>,
     ) -> Result<Arc<CachedToken>, FailureReason> {
-        tokio::time::timeout(limit, fetch).await.unwrap_or_else(|_| {
-            Err(self.auth_error(format!("the credential gave no token within {limit:?}")))
-        })
+        tokio::time::timeout(limit, fetch)
+            .await
+            .unwrap_or_else(|_| Err(self.auth_error(format!("the credential gave no token within {limit:?}"))))
     }
 
     fn auth_error(&self, message: String) -> FailureReason {

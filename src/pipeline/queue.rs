@@ -454,7 +454,8 @@ impl Queue {
             }
             let take = free.min(self.credit);
             match self
-                .budget.free_rows
+                .budget
+                .free_rows
                 .compare_exchange_weak(free, free - take, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => return Some(take),
@@ -497,10 +498,12 @@ impl Queue {
                 charged = self.budget.charged.fetch_sub(1, Ordering::Relaxed) - 1;
                 continue;
             }
-            match self
-                .budget.charged
-                .compare_exchange_weak(charged, charged + charge, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.budget.charged.compare_exchange_weak(
+                charged,
+                charged + charge,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return Some(Page::new(capacity)),
                 Err(now) => charged = now,
             }
@@ -517,7 +520,9 @@ impl Queue {
             }
             self.budget.charged.fetch_sub(1, Ordering::Relaxed);
         } else {
-            self.budget.charged.fetch_sub(self.charge_of(page.capacity), Ordering::Relaxed);
+            self.budget
+                .charged
+                .fetch_sub(self.charge_of(page.capacity), Ordering::Relaxed);
         }
     }
 
@@ -556,7 +561,11 @@ struct Producer {
 impl Producer {
     fn slot(&mut self, queue: &Arc<Queue>) -> &mut Slot {
         // A slot's `Weak` keeps its queue's allocation, so the address names one queue.
-        match self.slots.iter().position(|s| std::ptr::eq(s.queue.as_ptr(), Arc::as_ptr(queue))) {
+        match self
+            .slots
+            .iter()
+            .position(|s| std::ptr::eq(s.queue.as_ptr(), Arc::as_ptr(queue)))
+        {
             Some(i) => &mut self.slots[i],
             None => {
                 // Slots of queues that are gone or closed only hold pages back.
@@ -1117,7 +1126,11 @@ mod tests {
         let mut reader = Reader::default();
         let (release, idle) = idle_threads(&q, &mut reader, 64, b"{}");
         read_until_all_revoked(&mut reader, &q);
-        assert_eq!(q.budget.charged.load(Ordering::Relaxed), 64, "no page over the byte bound");
+        assert_eq!(
+            q.budget.charged.load(Ordering::Relaxed),
+            64,
+            "no page over the byte bound"
+        );
         assert_eq!(q.pool.len(), 64, "every page's memory went back to the pool");
         let row = vec![b'x'; 1000 - HEADER];
         let accepted = (0..64).filter(|_| push(&q, &row)).count();
@@ -1160,8 +1173,16 @@ mod tests {
         producer.join().unwrap();
         assert_eq!(rows, [r#"{"i":0}"#, r#"{"i":1}"#, r#"{"i":2}"#]);
         assert_eq!(q.counts(), (3, 0));
-        assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), 1000, "every lent row came back");
-        assert_eq!(q.pool.len(), q.budget.charged.load(Ordering::Relaxed), "every page is pooled");
+        assert_eq!(
+            q.budget.free_rows.load(Ordering::Relaxed),
+            1000,
+            "every lent row came back"
+        );
+        assert_eq!(
+            q.pool.len(),
+            q.budget.charged.load(Ordering::Relaxed),
+            "every page is pooled"
+        );
     }
 
     #[test]
@@ -1247,7 +1268,11 @@ mod tests {
         assert_eq!(seen as u64, rows);
         assert_eq!(open, 0, "every page was revoked or sealed, and released");
         assert_eq!(q.counts(), (rows, 0));
-        assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), 4096, "every lent row came back");
+        assert_eq!(
+            q.budget.free_rows.load(Ordering::Relaxed),
+            4096,
+            "every lent row came back"
+        );
     }
 
     #[test]
@@ -1437,8 +1462,16 @@ mod tests {
         let attempted = u64::from(r.producers) * u64::from(r.rows);
         assert_eq!(checker.seen.len() as u64, accepted, "rows lost");
         assert_eq!(q.counts(), (accepted, attempted - accepted));
-        assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), max_rows, "lent rows not returned");
-        assert_eq!(q.pool.len(), q.budget.charged.load(Ordering::Relaxed), "pages not pooled");
+        assert_eq!(
+            q.budget.free_rows.load(Ordering::Relaxed),
+            max_rows,
+            "lent rows not returned"
+        );
+        assert_eq!(
+            q.pool.len(),
+            q.budget.charged.load(Ordering::Relaxed),
+            "pages not pooled"
+        );
         assert!(q.budget.charged.load(Ordering::Relaxed) <= q.max_pages);
     }
 
@@ -1523,7 +1556,11 @@ mod tests {
         assert_eq!(q.budget.charged.load(Ordering::Relaxed), 3);
         assert_eq!(reader.read_revoking(&q, usize::MAX, Duration::ZERO, |_, _| true), 2);
         assert!(reader.pages.is_empty());
-        assert_eq!(q.budget.charged.load(Ordering::Relaxed), 1, "the big page's memory was freed");
+        assert_eq!(
+            q.budget.charged.load(Ordering::Relaxed),
+            1,
+            "the big page's memory was freed"
+        );
         assert_eq!(q.pool.len(), 1);
         assert_eq!(q.budget.free_rows.load(Ordering::Relaxed), 64);
         // This thread still holds the revoked (empty) big page: the next row takes a new one.
