@@ -16,7 +16,8 @@
 //!   takes back its memory (into a new page header, since the idle thread still holds the old
 //!   one) and its unused rows. Otherwise threads that log once and then sit idle would hold the
 //!   whole queue (256 of them with the defaults).
-//! - Counts: each producer thread counts its rows in its own counter; `counts()` sums them.
+//! - Counts: each producer thread counts its rows, and the rows it dropped, in counters of its
+//!   own; `counts()` sums them. Two threads dropping under overload share no counter either.
 
 use std::cell::{RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -60,7 +61,9 @@ pub enum FullPolicy {
 pub(crate) struct Counters {
     /// Rows the worker has taken off the queue (only the worker writes it).
     pub(crate) taken: AtomicU64,
-    pub(crate) dropped: AtomicU64,
+    /// Rows dropped without a thread's counter (after shutdown, or while the thread's counters
+    /// are torn down); see [`Queue::dropped`] for the total.
+    dropped: AtomicU64,
     pub(crate) sent: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) diagnostic_rows: AtomicU64,
@@ -206,41 +209,47 @@ impl Page {
     }
 }
 
-/// One producer thread's row count, summed by [`Queue::counts`]. Aligned to its own cache lines:
-/// its thread writes it on every row.
+/// One producer thread's row counts, summed by [`Queue::counts`]. Aligned to its own cache lines:
+/// its thread writes it on every row (and only its thread).
 #[derive(Debug)]
 #[repr(align(128))]
 struct Shard {
     enqueued: AtomicU64,
-    /// Cleared when the thread's slot is gone: the count is final and can be folded.
+    dropped: AtomicU64,
+    /// Cleared when the thread's slot is gone: the counts are final and can be folded.
     live: AtomicBool,
 }
+
+/// Rows counted by producer threads: `(enqueued, dropped)`.
+type Tally = (u64, u64);
 
 #[derive(Debug, Default)]
 struct Shards {
     live: Vec<Arc<Shard>>,
     /// Rows counted by slots that are gone.
-    retired: u64,
+    retired: Tally,
 }
 
 impl Shards {
     /// Folds the counts of threads that are gone into `retired` (so the list stays as long as
-    /// the threads that write to the queue) and returns the total.
-    fn fold(&mut self) -> u64 {
+    /// the threads that write to the queue) and returns the totals.
+    fn fold(&mut self) -> Tally {
         let Shards { live, retired } = self;
-        let mut total = 0;
+        let mut total = *retired;
         live.retain(|shard| {
-            // `live` first: once it reads false, the count it guards is final.
+            // `live` first: once it reads false, the counts it guards are final.
             let alive = shard.live.load(Ordering::Acquire);
-            let n = shard.enqueued.load(Ordering::Acquire);
-            if alive {
-                total += n;
-            } else {
-                *retired += n;
+            let counted = (
+                shard.enqueued.load(Ordering::Acquire),
+                shard.dropped.load(Ordering::Relaxed),
+            );
+            total = (total.0 + counted.0, total.1 + counted.1);
+            if !alive {
+                *retired = (retired.0 + counted.0, retired.1 + counted.1);
             }
             alive
         });
-        total + *retired
+        total
     }
 }
 
@@ -365,8 +374,8 @@ impl Queue {
         let stopped = self.stopped.load(Ordering::SeqCst);
         // `taken` first: every row the worker took was counted before it was published.
         let taken = self.counters.taken.load(Ordering::Acquire);
-        let dropped = self.counters.dropped.load(Ordering::Relaxed);
-        let enqueued = self.enqueued().max(taken);
+        let (enqueued, dropped) = self.tally();
+        let enqueued = enqueued.max(taken);
         if stopped {
             (taken, dropped + (enqueued - taken))
         } else {
@@ -379,10 +388,31 @@ impl Queue {
         self.budget.free_rows.load(Ordering::Relaxed)
     }
 
-    /// Rows published by every producer so far.
-    fn enqueued(&self) -> u64 {
-        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
-        self.unslotted.load(Ordering::Acquire) + shards.fold()
+    /// Rows published, and rows dropped, by every producer so far.
+    fn tally(&self) -> Tally {
+        let (enqueued, dropped) = self.shards.lock().unwrap_or_else(|e| e.into_inner()).fold();
+        (
+            self.unslotted.load(Ordering::Acquire) + enqueued,
+            self.counters.dropped.load(Ordering::Relaxed) + dropped,
+        )
+    }
+
+    /// Rows dropped so far (before shutdown; see [`counts`](Self::counts) for the final figure).
+    pub(crate) fn dropped(&self) -> u64 {
+        self.tally().1
+    }
+
+    /// Counts a dropped row in this thread's own counter, or in the shared one when the thread
+    /// has none (its thread locals are being torn down).
+    fn count_drop(self: &Arc<Self>) {
+        let counted = PRODUCER.try_with(|p| {
+            let mut p = p.try_borrow_mut().ok()?;
+            p.slot(self).count_drop();
+            Some(())
+        });
+        if !matches!(counted, Ok(Some(()))) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Enqueues a row without blocking (unless the policy says so); on failure the row is counted
@@ -412,7 +442,7 @@ impl Queue {
             std::thread::sleep(Duration::from_micros(100));
         };
         if !pushed {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.count_drop();
         }
         self.recycle(row);
         pushed
@@ -539,6 +569,7 @@ impl Queue {
     fn register(&self) -> Arc<Shard> {
         let shard = Arc::new(Shard {
             enqueued: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
             live: AtomicBool::new(true),
         });
         let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
@@ -585,7 +616,9 @@ struct Slot {
     bytes: usize,
     /// Rows the open page may still take (of those lent to it).
     left: usize,
+    /// This thread's counts, mirrored in `shard` (which only this thread writes).
     enqueued: u64,
+    dropped: u64,
 }
 
 impl Slot {
@@ -606,6 +639,7 @@ impl Slot {
             bytes: 0,
             left: 0,
             enqueued: 0,
+            dropped: 0,
         }
     }
 
@@ -679,6 +713,13 @@ impl Slot {
             queue.return_credit(self.left);
         }
         self.forget();
+    }
+
+    fn count_drop(&mut self) {
+        self.dropped += 1;
+        if let Some(shard) = &self.shard {
+            shard.dropped.store(self.dropped, Ordering::Relaxed);
+        }
     }
 
     /// Lets go of the open page without giving anything back.
@@ -911,10 +952,32 @@ mod tests {
         assert!(push(&q, b"{}"));
         assert!(push(&q, b"{}"));
         assert!(!push(&q, b"{}"));
-        assert_eq!(q.counters.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(q.dropped(), 1);
         assert_eq!(q.counts(), (2, 1));
         assert_eq!(read_all(&mut reader, &q).len(), 2);
         assert!(push(&q, b"{}"), "reading gave the room back");
+    }
+
+    #[test]
+    fn drops_are_counted_per_thread_and_kept_after_the_thread_ends() {
+        let q = Arc::new(Queue::new(2, 1 << 20, FullPolicy::DropNewest));
+        assert!(push(&q, b"{}") && push(&q, b"{}"));
+        let dropping = |n: usize| {
+            let q = q.clone();
+            std::thread::spawn(move || (0..n).filter(|_| !push(&q, b"{}")).count())
+        };
+        let dropped: usize = [dropping(10), dropping(7)].map(|t| t.join().unwrap()).iter().sum();
+        assert_eq!(dropped, 17);
+        // The threads' counters are gone: their counts were kept. A new thread's registration
+        // folds them, and they still count once.
+        assert_eq!(q.counts(), (2, 17));
+        assert_eq!(dropping(1).join().unwrap(), 1);
+        assert_eq!(q.counts(), (2, 18));
+        assert_eq!(
+            q.counters.dropped.load(Ordering::Relaxed),
+            0,
+            "no shared counter was used"
+        );
     }
 
     #[test]
@@ -1695,8 +1758,8 @@ mod tests {
             let accepted: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
             // Every accepted row was counted, every refused one dropped, and the worker took no
             // row that was not counted.
-            assert_eq!(q.enqueued(), accepted);
-            assert_eq!(accepted + q.counters.dropped.load(Ordering::Relaxed), 2 * rows);
+            assert_eq!(q.tally().0, accepted);
+            assert_eq!(accepted + q.dropped(), 2 * rows);
             assert!(taken <= accepted, "took {taken} rows, {accepted} counted");
             let (enqueued, dropped) = q.counts();
             assert_eq!(enqueued + dropped, 2 * rows);

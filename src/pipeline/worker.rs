@@ -541,7 +541,7 @@ impl Worker {
     /// While rows are being dropped, adds one row per interval to the main stream saying how many.
     /// When the stream has no room for it, it tries again on the next tick.
     fn diagnose(&mut self) {
-        let dropped = self.queue.counters.dropped.load(Ordering::Relaxed);
+        let dropped = self.queue.dropped();
         if dropped == self.reported_drops {
             return;
         }
