@@ -307,9 +307,8 @@ impl Worker {
                 self.fail_rows(1, reason);
             }
         }
-        self.taken += 1;
         // Per row, so that a panic later in this drain still finds every placed row counted.
-        self.queue.counters.taken.store(self.taken, Ordering::Release);
+        self.count_taken(1);
         true
     }
 
@@ -478,8 +477,7 @@ impl Worker {
                 }
                 Some(reason) => {
                     self.registry.count(stream, 0, app_rows);
-                    let rows = batch.rows().map(lossy).collect();
-                    self.report_counted(&target, reason, batch.ids().to_vec(), rows, app_rows);
+                    self.fail_batch(&target, reason, &batch);
                 }
             }
         }
@@ -499,19 +497,16 @@ impl Worker {
         self.deliver(failed, n);
     }
 
-    fn report(&self, target: &Target, reason: FailureReason, ids: Vec<usize>, rows: Vec<String>) {
-        let app_rows = ids.iter().filter(|&&id| id < DIAGNOSTIC_ID).count() as u64;
-        self.report_counted(target, reason, ids, rows, app_rows);
+    /// Reports a batch's rows failed, handing their text to `on_error`.
+    fn fail_batch(&self, target: &Target, reason: FailureReason, batch: &Batch) {
+        let rows = batch.rows().map(lossy).collect();
+        self.report(target, reason, batch.ids().to_vec(), rows);
     }
 
-    fn report_counted(
-        &self,
-        target: &Target,
-        reason: FailureReason,
-        ids: Vec<usize>,
-        rows: Vec<String>,
-        app_rows: u64,
-    ) {
+    /// Counts the rows `ids` failed (diagnostic rows are not the application's, so not counted)
+    /// and hands them to `on_error`.
+    fn report(&self, target: &Target, reason: FailureReason, ids: Vec<usize>, rows: Vec<String>) {
+        let app_rows = ids.iter().filter(|&&id| id < DIAGNOSTIC_ID).count() as u64;
         self.queue.counters.failed.fetch_add(app_rows, Ordering::Relaxed);
         let failed = FailedBatch {
             rule_id: target.rule_id.clone(),
@@ -578,14 +573,7 @@ impl Worker {
             );
         }
         for (_, stream, batch) in std::mem::take(&mut self.ready) {
-            let target = self.target(stream);
-            let rows = batch.rows().map(lossy).collect();
-            self.report(
-                &target,
-                reason("the batch was waiting to be sent"),
-                batch.ids().to_vec(),
-                rows,
-            );
+            self.fail_batch(&self.target(stream), reason("the batch was waiting to be sent"), &batch);
         }
         for index in 0..self.streams.len() {
             let Some(stream) = self.streams[index].as_mut() else {
@@ -593,16 +581,20 @@ impl Worker {
             };
             let Some(batch) = stream.builder.take() else { continue };
             let target = stream.target.clone();
-            let rows = batch.rows().map(lossy).collect();
-            self.report(&target, reason("the batch was still open"), batch.ids().to_vec(), rows);
+            self.fail_batch(&target, reason("the batch was still open"), &batch);
         }
         let queued = self.reader.discard(&self.queue);
-        self.taken += queued;
-        self.queue.counters.taken.store(self.taken, Ordering::Release);
+        self.count_taken(queued);
         self.queue.stop();
         if queued > 0 {
             self.fail_rows(queued, reason("the rows were still queued"));
         }
+    }
+
+    /// Counts rows taken off the queue, where [`Queue::counts`] sees them.
+    fn count_taken(&mut self, rows: u64) {
+        self.taken += rows;
+        self.queue.counters.taken.store(self.taken, Ordering::Release);
     }
 
     fn target(&self, stream: u32) -> Target {
