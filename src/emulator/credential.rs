@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
+use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
 use azure_core::time::{Duration, OffsetDateTime};
 
 use super::state::Shared;
@@ -36,7 +36,7 @@ impl TokenCredential for EmulatorCredential {
             .lock()
             .token
             .clone()
-            .unwrap_or_else(|| NO_AUTH_TOKEN.to_owned());
+            .unwrap_or_else(|| Secret::new(NO_AUTH_TOKEN));
         Ok(AccessToken::new(token, OffsetDateTime::now_utc() + Duration::hours(1)))
     }
 }

@@ -99,6 +99,7 @@ pub use schema::{Column, ColumnType, MAX_FIELD_BYTES};
 pub use server::{API_VERSIONS, MAX_CONTENT_LENGTH};
 pub use state::{EmulatorStats, RequestRecord};
 
+use azure_core::credentials::Secret;
 use credential::EmulatorCredential;
 use faults::FaultPlan;
 use schema::Declarations;
@@ -176,13 +177,13 @@ impl Emulator {
 
     /// The bearer token currently accepted; `None` when auth is off.
     pub fn token(&self) -> Option<String> {
-        self.shared.lock().token.clone()
+        self.shared.lock().token.as_ref().map(|t| t.secret().to_owned())
     }
 
     /// Replaces the accepted token (rotation); `None` turns auth off. Applies to requests
     /// arriving afterwards.
     pub fn set_token(&self, token: Option<String>) {
-        self.shared.lock().token = token;
+        self.shared.lock().token = token.map(Secret::new);
     }
 
     /// A credential that returns the emulator's current token (read at each call, so it follows
@@ -452,7 +453,7 @@ impl EmulatorBuilder {
             request_log_capacity: self.request_log_capacity,
         };
         let state = State {
-            token: self.token,
+            token: self.token.map(Secret::new),
             faults: FaultPlan::new(self.fault_rates),
             streams: Default::default(),
             log: Default::default(),

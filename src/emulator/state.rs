@@ -8,6 +8,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use azure_core::credentials::Secret;
+
 use super::faults::{Fault, FaultPlan};
 use super::schema::Declarations;
 
@@ -126,7 +128,8 @@ impl StreamRows {
 /// Mutable state behind one mutex.
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) token: Option<String>,
+    /// The accepted bearer token; `Secret` keeps it out of `Debug` output.
+    pub(crate) token: Option<Secret>,
     pub(crate) faults: FaultPlan,
     pub(crate) streams: HashMap<String, StreamRows>,
     pub(crate) log: VecDeque<RequestRecord>,
@@ -173,7 +176,7 @@ impl Shared {
     }
 
     /// A request arrived: counts it in flight and returns its fault and the accepted token.
-    pub(crate) fn enter(&self) -> (Option<Fault>, Option<String>) {
+    pub(crate) fn enter(&self) -> (Option<Fault>, Option<Secret>) {
         let mut st = self.lock();
         st.stats.in_flight += 1;
         st.stats.max_in_flight = st.stats.max_in_flight.max(st.stats.in_flight);
@@ -251,5 +254,24 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_does_not_show_the_token() {
+        let state = State {
+            token: Some(Secret::new("s3cr3t-bearer-token")),
+            faults: FaultPlan::new(None),
+            streams: HashMap::new(),
+            log: VecDeque::new(),
+            stats: EmulatorStats::default(),
+        };
+        let shown = format!("{state:?}");
+        assert!(shown.contains("token"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 }
