@@ -44,9 +44,12 @@ fn counter() -> &'static quanta::Clock {
 
 fn system_nanos() -> u64 {
     // Before 1970 the clock is wrong anyway; 0 keeps the text well-formed.
-    SystemTime::now()
+    let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+        .map_or(0, |d| d.as_nanos() as u64);
+    #[cfg(test)]
+    let nanos = nanos.saturating_add_signed(tests::SYSTEM_STEP.with(Cell::get));
+    nanos
 }
 
 /// The current time in nanoseconds since the Unix epoch.
@@ -152,6 +155,55 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    thread_local! {
+        /// Nanoseconds added to this thread's system-clock readings: a clock step (NTP, a
+        /// manual change) that only this test thread sees.
+        pub(super) static SYSTEM_STEP: Cell<i64> = const { Cell::new(0) };
+    }
+
+    /// After a system-clock step, event times go on from the old anchor for at most the rest of
+    /// its millisecond (by the counter), then follow the stepped clock, forwards and backwards.
+    #[test]
+    fn times_follow_a_system_clock_step_within_a_millisecond() {
+        const SLACK: u64 = 10_000;
+        for step in [10_000_000_000i64, -10_000_000_000] {
+            reanchor(counter());
+            let old = ANCHOR.with(Cell::get);
+            SYSTEM_STEP.with(|s| s.set(s.get() + step));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let before = system_nanos();
+                let t = now_nanos();
+                let after = system_nanos();
+                if ANCHOR.with(Cell::get).raw != old.raw {
+                    assert!(
+                        t + SLACK >= before && t <= after + SLACK,
+                        "the first time after a {step} ns step from a new anchor, {t}, is not on \
+                         the stepped clock [{before}, {after}]"
+                    );
+                    break;
+                }
+                assert!(
+                    t >= old.nanos && t - old.nanos < 1_000_000,
+                    "time {t} from the anchor before the {step} ns step ({}) is more than a \
+                     millisecond after it",
+                    old.nanos
+                );
+                assert!(Instant::now() < deadline, "times never followed a {step} ns step");
+            }
+            // From then on, every time is on the stepped clock.
+            for _ in 0..10_000 {
+                let before = system_nanos();
+                let t = now_nanos();
+                assert!(
+                    t + SLACK >= before && t <= system_nanos() + SLACK,
+                    "{t} after a {step} ns step"
+                );
+            }
+        }
+        SYSTEM_STEP.with(|s| s.set(0));
+    }
 
     fn time_json(t: SystemTime) -> [u8; 29] {
         let since = t.duration_since(UNIX_EPOCH).unwrap();
