@@ -1,6 +1,8 @@
 //! LogsIngestionClient against the emulator: what arrived, on the wire, decides.
 #![cfg(feature = "emulator")]
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,8 +30,10 @@ fn client(emu: &Emulator) -> LogsIngestionClientBuilder {
     emu.client().retry_policy(fast_retries())
 }
 
-/// Runs an async test body with a hard time limit.
+/// Runs an async test body with a time limit; the watchdog also ends a body that blocks the
+/// runtime's thread, where the timer cannot fire.
 async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
+    let _limit = common::time_limit();
     tokio::time::timeout(LIMIT, f).await.expect("test took too long");
 }
 
@@ -502,6 +506,7 @@ fn an_endpoint_with_a_password_is_refused_without_echoing_it() {
 
 #[test]
 fn upload_blocking_without_a_runtime() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let c = client(&emu).build().unwrap();
     let rows: Vec<Value> = (0..10).map(|i| json!({"i": i})).collect();
@@ -512,6 +517,7 @@ fn upload_blocking_without_a_runtime() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn upload_blocking_inside_a_current_thread_runtime_does_not_panic() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let c = client(&emu).build().unwrap();
     let report = c

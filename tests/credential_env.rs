@@ -1,6 +1,8 @@
 //! `credential_from_env` picks a credential the way DefaultAzureCredential does elsewhere, and its
 //! errors say what was tried. One test in its own binary: it changes environment variables.
 
+mod common;
+
 use std::time::Duration;
 
 use tracing_azure_logs::client::credential_from_env;
@@ -18,6 +20,7 @@ fn set(name: &str, value: Option<&str>) {
 
 #[test]
 fn selection_order_and_errors() {
+    let _limit = common::time_limit();
     for name in [
         "AZURE_TENANT_ID",
         "AZURE_CLIENT_ID",

@@ -2,6 +2,8 @@
 //! sockets. Every request has a timeout; every wait is on a condition with a deadline.
 #![cfg(feature = "emulator")]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -124,6 +126,7 @@ fn chunked_request(emu: &Emulator, chunks: &[Vec<u8>]) -> Vec<u8> {
 
 #[tokio::test]
 async fn accepts_plain_and_gzipped_rows_and_reads_them_back() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let rows = sample_rows(3);
     let plain = serde_json::to_vec(&rows).unwrap();
@@ -193,6 +196,7 @@ async fn accepts_plain_and_gzipped_rows_and_reads_them_back() {
 
 #[tokio::test]
 async fn empty_array_is_accepted_and_path_segments_are_percent_decoded() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let resp = post(&emu, "[]", false).await;
     assert_eq!(resp.status().as_u16(), 204);
@@ -209,6 +213,7 @@ async fn empty_array_is_accepted_and_path_segments_are_percent_decoded() {
 
 #[tokio::test]
 async fn api_version_missing_or_unknown_is_400() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let base = format!("{}/dataCollectionRules/{RULE}/streams/{STREAM}", emu.endpoint());
     for (query, code) in [
@@ -227,6 +232,7 @@ async fn api_version_missing_or_unknown_is_400() {
 
 #[tokio::test]
 async fn bearer_token_is_required_and_can_rotate() {
+    let _limit = common::time_limit();
     let builder = Emulator::builder().token("secret-1");
     assert!(!format!("{builder:?}").contains("secret-1"), "Debug hides the token");
     let emu = builder.start().unwrap();
@@ -292,6 +298,7 @@ async fn bearer_token_is_required_and_can_rotate() {
 
 #[tokio::test]
 async fn malformed_bodies_are_400_with_the_error_shape() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let cases: Vec<(&str, Vec<u8>, bool, &str)> = vec![
         (
@@ -349,6 +356,7 @@ async fn malformed_bodies_are_400_with_the_error_shape() {
 
 #[tokio::test]
 async fn unknown_path_is_404_and_wrong_method_405() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let resp = post_to(
         &client(),
@@ -378,6 +386,7 @@ fn array_of_len(len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn content_length_over_1_mib_gets_the_service_413() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let at_limit = array_of_len(MAX_CONTENT_LENGTH);
     assert_eq!(at_limit.len(), 1_048_576);
@@ -414,6 +423,7 @@ async fn content_length_over_1_mib_gets_the_service_413() {
 
 #[tokio::test]
 async fn chunked_bodies_are_capped_too() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let addr = emu.addr();
     let small = chunked_request(&emu, &[b"[{\"a\":".to_vec(), b"1}]".to_vec()]);
@@ -436,6 +446,7 @@ async fn chunked_bodies_are_capped_too() {
 
 #[tokio::test]
 async fn uncompressed_size_cap_is_opt_in_and_decompressed_cap_applies() {
+    let _limit = common::time_limit();
     let big = array_of_len(1_500_000);
     let gz = gzip(&big);
     assert!(gz.len() < MAX_CONTENT_LENGTH);
@@ -481,6 +492,7 @@ fn declared() -> tracing_azure_logs::emulator::EmulatorBuilder {
 
 #[tokio::test]
 async fn declared_streams_404_on_unknown_rule_or_stream() {
+    let _limit = common::time_limit();
     let emu = declared().start().unwrap();
     let c = client();
     let resp = post_to(&c, &emu, &url(&emu, "dcr-unknown", STREAM), "[]", false)
@@ -500,6 +512,7 @@ async fn declared_streams_404_on_unknown_rule_or_stream() {
 
 #[tokio::test]
 async fn lenient_schema_nulls_mismatches_and_drops_undeclared_columns() {
+    let _limit = common::time_limit();
     let emu = declared().start().unwrap();
     let rows = json!([
         {
@@ -544,6 +557,7 @@ async fn lenient_schema_nulls_mismatches_and_drops_undeclared_columns() {
 
 #[tokio::test]
 async fn strict_schema_rejects_naming_row_and_column() {
+    let _limit = common::time_limit();
     let emu = declared().strict_schema(true).start().unwrap();
     let good = json!({"TimeGenerated": "2024-05-01T12:00:00Z", "Count": -5});
     for (bad, column) in [
@@ -566,6 +580,7 @@ async fn strict_schema_rejects_naming_row_and_column() {
 
 #[tokio::test]
 async fn long_strings_are_truncated_at_64_kib_on_a_char_boundary() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let ascii = "a".repeat(100_000);
     let euro = "€".repeat(30_000); // 3 bytes each: 65,536 is not a boundary
@@ -607,6 +622,7 @@ async fn long_strings_are_truncated_at_64_kib_on_a_char_boundary() {
 
 #[tokio::test]
 async fn scripted_faults_are_answered_in_order_and_logged() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     emu.inject(Fault::Throttle { retry_after_secs: 7 }, 1);
     emu.inject(Fault::ThrottleMs { retry_after_ms: 250 }, 1);
@@ -665,6 +681,7 @@ async fn scripted_faults_are_answered_in_order_and_logged() {
 
 #[tokio::test]
 async fn dropped_connection_gives_the_client_an_error() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     emu.inject(Fault::DropConnection, 1);
     let c = client();
@@ -685,6 +702,7 @@ async fn dropped_connection_gives_the_client_an_error() {
 
 #[tokio::test]
 async fn latency_delays_then_handles_normally() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     emu.inject(Fault::Latency(Duration::from_millis(300)), 1);
     let t = Instant::now();
@@ -700,6 +718,7 @@ async fn latency_delays_then_handles_normally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cuts_injected_latency_short() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     emu.inject(Fault::Latency(Duration::from_secs(60)), 1);
     let u = url(&emu, RULE, STREAM);
@@ -727,6 +746,7 @@ async fn statuses_with_rates(rates: FaultRates, n: usize) -> (Vec<Option<u16>>, 
 
 #[tokio::test]
 async fn seeded_random_faults_are_reproducible() {
+    let _limit = common::time_limit();
     let rates = FaultRates {
         seed: 7,
         throttle: 0.2,
@@ -771,6 +791,7 @@ async fn seeded_random_faults_are_reproducible() {
 
 #[tokio::test]
 async fn http2_prior_knowledge_and_concurrent_requests() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
@@ -812,6 +833,7 @@ async fn http2_prior_knowledge_and_concurrent_requests() {
 
 #[tokio::test]
 async fn cut_off_requests_and_disconnects_leave_the_server_serving() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let addr = emu.addr();
     let token = emu.token().unwrap();
@@ -856,6 +878,7 @@ async fn cut_off_requests_and_disconnects_leave_the_server_serving() {
 
 #[tokio::test]
 async fn persist_dir_appends_json_lines_per_stream() {
+    let _limit = common::time_limit();
     let dir = std::env::temp_dir().join(format!(
         "tracing-azure-logs-emulator-test-{}-{}",
         std::process::id(),
@@ -893,6 +916,7 @@ fn unique_suffix() -> u128 {
 
 #[tokio::test]
 async fn rows_can_go_unretained_and_the_log_is_bounded() {
+    let _limit = common::time_limit();
     let emu = Emulator::builder()
         .retain_rows(false)
         .request_log_capacity(3)
@@ -931,6 +955,7 @@ async fn rows_can_go_unretained_and_the_log_is_bounded() {
 
 #[tokio::test]
 async fn dropping_the_handle_stops_the_server() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let addr = emu.addr();
     assert_eq!(emu.endpoint(), format!("http://{addr}"));

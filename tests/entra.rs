@@ -15,6 +15,7 @@ const SECRET: &str = "client-secret-do-not-print";
 
 #[tokio::test]
 async fn client_secret_credential_token_from_fake_entra_reaches_the_emulator() {
+    let _limit = common::time_limit();
     tokio::time::timeout(Duration::from_secs(60), async {
         let entra = fake_entra("token-from-fake-entra").await;
         let emu = Emulator::builder().token("token-from-fake-entra").start().unwrap();

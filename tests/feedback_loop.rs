@@ -14,6 +14,7 @@ use tracing_subscriber::prelude::*;
 
 #[test]
 fn trace_level_http_stack_events_never_reach_the_emulator() {
+    let _limit = common::time_limit();
     // The token comes from a real ClientSecretCredential over TLS, so the worker thread also runs
     // rustls and azure_core while it ships.
     let entra = common::QuietEntra::start("token-for-loop");

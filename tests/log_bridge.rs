@@ -2,6 +2,8 @@
 //! One test per binary: it installs the process's logger.
 #![cfg(feature = "emulator")]
 
+mod common;
+
 use std::time::Duration;
 
 use serde_json::json;
@@ -11,6 +13,7 @@ use tracing_azure_logs::log_bridge::{self, LogBridge};
 
 #[test]
 fn log_records_with_key_values_arrive_typed() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let builder = emu
         .logs_builder("dcr-log", "Custom-Log_CL")

@@ -2,6 +2,8 @@
 //! and the direct bridge refuses to install beside it. One test per binary: global state.
 #![cfg(feature = "emulator")]
 
+mod common;
+
 use std::time::Duration;
 
 use tracing_azure_logs::InitError;
@@ -10,6 +12,7 @@ use tracing_azure_logs::log_bridge::{self, LogBridge};
 
 #[test]
 fn a_record_through_log_tracer_arrives_once() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let builder = || {
         emu.logs_builder("dcr-once", "Custom-Once_CL")

@@ -1,6 +1,8 @@
 //! The tracing layer and its pipeline against the emulator: what the emulator received decides.
 #![cfg(feature = "emulator")]
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -56,6 +58,7 @@ fn declared(columns: &tracing_azure_logs::Columns) -> Emulator {
 
 #[test]
 fn rows_have_every_default_column_with_json_types() {
+    let _limit = common::time_limit();
     let shape = |b: AzureLogsBuilder| b.static_column("Service", "checkout");
     let emu = declared(shape(AzureLogs::builder()).columns());
     let (layer, guard) = shape(pipeline(&emu)).build().unwrap();
@@ -142,6 +145,7 @@ fn rows_have_every_default_column_with_json_types() {
 
 #[test]
 fn renamed_dropped_and_static_columns() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (layer, guard) = pipeline(&emu)
         .rename_column(Column::Level, "Severity")
@@ -185,6 +189,7 @@ fn renamed_dropped_and_static_columns() {
 
 #[test]
 fn long_values_are_truncated_at_a_char_boundary() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (layer, guard) = pipeline(&emu).build().unwrap();
     let long = "ü".repeat(50_000); // 100,000 bytes
@@ -203,6 +208,7 @@ fn long_values_are_truncated_at_a_char_boundary() {
 
 #[test]
 fn four_threads_200k_events_arrive_exactly_once() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (layer, guard) = pipeline(&emu)
         .full_policy(FullPolicy::Block(Duration::from_secs(10)))
@@ -252,6 +258,7 @@ fn four_threads_200k_events_arrive_exactly_once() {
 
 #[test]
 fn tiny_queue_and_slow_service_account_for_every_row() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     emu.inject(Fault::Latency(Duration::from_millis(100)), 1_000);
     let failures: Arc<Mutex<Vec<FailedBatch>>> = Arc::default();
@@ -304,6 +311,7 @@ fn tiny_queue_and_slow_service_account_for_every_row() {
 
 #[test]
 fn flush_returns_once_rows_are_at_the_emulator_and_drop_delivers_the_rest() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     // Batches never close on age here: only a flush sends them.
     let (layer, guard) = pipeline(&emu).max_delay(Duration::from_secs(3600)).build().unwrap();
@@ -341,6 +349,7 @@ fn flush_returns_once_rows_are_at_the_emulator_and_drop_delivers_the_rest() {
 
 #[test]
 fn stalled_service_drop_returns_within_the_timeout_and_reports_the_loss() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     emu.inject(Fault::Latency(Duration::from_secs(60)), 100);
     let failures: Arc<Mutex<Vec<FailedBatch>>> = Arc::default();
@@ -380,6 +389,7 @@ fn stalled_service_drop_returns_within_the_timeout_and_reports_the_loss() {
 
 #[test]
 fn composes_with_env_filter_and_per_layer_filters() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (layer, guard) = pipeline(&emu).build().unwrap();
     let subscriber = tracing_subscriber::registry()
@@ -408,6 +418,7 @@ fn emit_and_drop_guard_in_async_context(emu: &Emulator) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn guard_dropped_inside_a_current_thread_runtime() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     emit_and_drop_guard_in_async_context(&emu);
     assert_eq!(emu.row_count(STREAM), 20);
@@ -415,6 +426,7 @@ async fn guard_dropped_inside_a_current_thread_runtime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guard_dropped_inside_a_multi_thread_runtime() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     emit_and_drop_guard_in_async_context(&emu);
     assert_eq!(emu.row_count(STREAM), 20);
@@ -422,6 +434,7 @@ async fn guard_dropped_inside_a_multi_thread_runtime() {
 
 #[test]
 fn target_routes_send_events_to_another_stream() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (layer, guard) = pipeline(&emu)
         .route_target("app::audit", "Custom-Audit_CL")
@@ -451,6 +464,7 @@ fn missing_settings_are_named() {
 
 #[test]
 fn one_callsite_on_one_thread_through_two_differently_shaped_pipelines() {
+    let _limit = common::time_limit();
     fn emit(n: u32) {
         tracing::info!(n, "same callsite");
     }
@@ -490,6 +504,7 @@ fn one_callsite_on_one_thread_through_two_differently_shaped_pipelines() {
 
 #[test]
 fn frequent_flushes_against_a_stalled_service_keep_the_worker_bounded() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     emu.inject(Fault::Latency(Duration::from_secs(60)), 1_000);
     let (layer, guard) = pipeline(&emu)
@@ -530,6 +545,7 @@ fn frequent_flushes_against_a_stalled_service_keep_the_worker_bounded() {
 
 #[test]
 fn an_event_emitted_while_a_span_records_a_field_does_not_deadlock() {
+    let _limit = common::time_limit();
     struct Chatty;
     impl std::fmt::Debug for Chatty {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -559,6 +575,7 @@ fn an_event_emitted_while_a_span_records_a_field_does_not_deadlock() {
 
 #[test]
 fn duplicate_or_empty_column_names_and_huge_queues_are_refused() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let err = pipeline(&emu)
         .static_column("Level", "x")
@@ -589,6 +606,7 @@ fn duplicate_or_empty_column_names_and_huge_queues_are_refused() {
 
 #[test]
 fn deeply_nested_spans_keep_the_innermost_64() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (layer, guard) = pipeline(&emu).build().unwrap();
     tracing::dispatcher::with_default(&dispatch(layer), || {
@@ -611,6 +629,7 @@ fn deeply_nested_spans_keep_the_innermost_64() {
 /// idle (its page still open) and of a thread that has exited must still be read and flushed.
 #[test]
 fn flush_delivers_rows_of_idle_and_exited_threads() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (layer, guard) = pipeline(&emu).max_delay(Duration::from_secs(3600)).build().unwrap();
     let dispatch = dispatch(layer);
@@ -663,6 +682,7 @@ fn flush_delivers_rows_of_idle_and_exited_threads() {
 
 #[test]
 fn threads_that_log_once_and_idle_do_not_fill_the_queue() {
+    let _limit = common::time_limit();
     // With the default queue (65,536 rows), each open page is lent 256 rows, so 200 threads that
     // logged once and sit idle would hold 51,000 unused rows, and a 20,000-row burst would find
     // no room, unless the worker takes their pages back. Default policy: such rows are dropped.
@@ -708,6 +728,7 @@ fn threads_that_log_once_and_idle_do_not_fill_the_queue() {
 
 #[test]
 fn flush_under_sustained_overload_returns_once_its_rows_are_settled() {
+    let _limit = common::time_limit();
     // Uploads take 30 ms each, one at a time, ~10 rows per batch: rows keep coming far faster
     // than they leave, for as long as the flush takes. The flush must not wait for that to end.
     let emu = Emulator::start().unwrap();

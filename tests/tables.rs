@@ -1,6 +1,8 @@
 //! Custom tables and routed events through the pipeline, checked at the emulator.
 #![cfg(feature = "emulator")]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -39,6 +41,7 @@ struct Audit {
 
 #[test]
 fn two_tables_and_the_log_stream_from_several_threads() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (layer, guard) = pipeline(&emu)
         .full_policy(FullPolicy::Block(Duration::from_secs(10)))
@@ -121,6 +124,7 @@ fn two_tables_and_the_log_stream_from_several_threads() {
 
 #[test]
 fn flush_covers_tables_and_time_generated_is_added_only_when_missing() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (_layer, guard) = pipeline(&emu).max_delay(Duration::from_secs(3600)).build().unwrap();
     let table = guard.table::<Value>(ORDERS);
@@ -157,6 +161,7 @@ fn flush_covers_tables_and_time_generated_is_added_only_when_missing() {
 
 #[test]
 fn rows_that_are_not_objects_are_refused_at_send() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (_layer, guard) = pipeline(&emu).build().unwrap();
     assert_eq!(
@@ -187,6 +192,7 @@ fn rows_that_are_not_objects_are_refused_at_send() {
 
 #[test]
 fn table_in_another_rule_and_on_error_names_the_stream() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let failures: Arc<Mutex<Vec<FailedBatch>>> = Arc::default();
     let sink = failures.clone();
@@ -230,6 +236,7 @@ fn table_in_another_rule_and_on_error_names_the_stream() {
 
 #[test]
 fn events_routed_by_field_land_in_their_stream() {
+    let _limit = common::time_limit();
     let emu = Emulator::start().unwrap();
     let (layer, guard) = pipeline(&emu).route_field("table", [AUDIT]).build().unwrap();
     tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {

@@ -1,7 +1,10 @@
 //! Test helpers shared by several test binaries.
 #![allow(dead_code)]
 
+use std::io::Write;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
@@ -13,6 +16,57 @@ use tokio_rustls::rustls;
 use tracing_azure_logs::client::credential_client_options;
 
 pub const TENANT: &str = "00000000-0000-0000-0000-00000000aaaa";
+
+/// The hard time limit of a network test: each takes a few seconds at most (the slowest about 5 s
+/// on a 2-core machine), and its own waits give up well before this; far below CI's job timeout.
+pub const TIME_LIMIT: Duration = Duration::from_secs(120);
+
+/// Aborts the test binary, naming the test, unless dropped within [`TIME_LIMIT`]: a deadlock in
+/// the code under test fails loudly instead of hanging `cargo test`. Take it first thing in the
+/// test, on the test's own thread (its name is the test's name), and keep it to the end:
+/// `let _limit = common::time_limit();` (not `let _ = ...`, which drops it at once). Declared
+/// first, it is dropped last, so it also bounds the drops of the test's guards and servers.
+pub fn time_limit() -> Watchdog {
+    Watchdog::start(TIME_LIMIT)
+}
+
+/// See [`time_limit`]. Aborting is the only way to stop a test thread that is stuck.
+pub struct Watchdog {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn start(limit: Duration) -> Watchdog {
+        let test = std::thread::current().name().unwrap_or("<unnamed>").to_owned();
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("time limit of {test}"))
+            .spawn(move || {
+                // Dropping the watchdog disconnects the channel, which ends this wait at once.
+                if stopped.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+                    // Straight to the process's stderr: the harness captures `eprintln!` of the
+                    // test's threads, and that buffer would be lost in the abort.
+                    let _ = writeln!(std::io::stderr(), "test {test} exceeded {limit:?}: a deadlock?");
+                    std::process::abort();
+                }
+            })
+            .expect("spawn the watchdog thread");
+        Watchdog {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
 
 /// A fake Entra ID token endpoint on loopback HTTPS, with its own throwaway CA.
 pub struct FakeEntra {
