@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use tracing::Dispatch;
 use tracing_azure_logs::AzureLogsGuard;
+use tracing_azure_logs::emulator::{Emulator, Fault};
 
 mod common;
 use common::{ThreadStat, events, in_request_span};
@@ -517,10 +518,26 @@ thread_local! {
 
 // ---------------------------------------------------------------------------------------------
 
+/// The layer while the service does not answer and the queue is full: every event is encoded,
+/// then dropped and counted. The emulator holds each request for an hour; the queue holds 1,024
+/// rows (the worker's in-flight and waiting batches take about 20,000 more before it stops
+/// reading). The guard's flush at the end gives up after 100 ms.
+fn full_queue_pipeline(stalled: &Emulator) -> (Dispatch, AzureLogsGuard) {
+    stalled.inject(Fault::Latency(Duration::from_secs(3600)), usize::MAX);
+    common::layer_dispatch(
+        common::builder(stalled)
+            .queue_capacity(1_024)
+            .flush_timeout(Duration::from_millis(100))
+            .on_error(|_| {}),
+    )
+}
+
 fn main() {
     let emu = common::emulator();
     let (layer, guard) = common::layer_dispatch(common::builder(&emu));
     let (fmt, _fmt_guard) = common::fmt_json_dispatch();
+    let stalled = common::emulator();
+    let (full, full_guard) = full_queue_pipeline(&stalled);
     let variants = [
         Variant {
             name: "azure_logs",
@@ -535,6 +552,12 @@ fn main() {
         Variant {
             name: "registry",
             dispatch: common::registry_dispatch(),
+            guard: None,
+        },
+        Variant {
+            name: "azure_logs_full_queue",
+            dispatch: full,
+            // Never settles: nothing is sent.
             guard: None,
         },
     ];
@@ -609,4 +632,14 @@ fn main() {
             emu.row_count(common::STREAM)
         );
     }
+    let s = full_guard.stats();
+    println!(
+        "azure_logs_full_queue pipeline: enqueued {} dropped {} sent {} (emitted {})",
+        s.enqueued,
+        s.dropped,
+        s.sent,
+        s.enqueued + s.dropped
+    );
+    drop(full_guard);
+    stalled.shutdown();
 }

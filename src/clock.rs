@@ -252,16 +252,17 @@ mod tests {
         }
     }
 
-    /// Over 20 ms, every time comes from the counter and the thread's current anchor (renewed
-    /// about every millisecond), and lies between system-clock readings taken just before and
-    /// just after it, within 10 µs: twice the gap an anchor may have.
+    /// Every time comes from the counter and the thread's current anchor, renewed about every
+    /// millisecond, and lies between system-clock readings taken just before and just after it,
+    /// within 10 µs: twice the gap an anchor may have. Runs until 20 anchors have served (about
+    /// 20 ms; longer when the thread is preempted, which a loaded machine does).
     #[test]
     fn counter_time_follows_the_system_clock() {
         const SLACK: u64 = 10_000;
-        let start = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(10);
         let mut anchors = std::collections::HashSet::new();
         let mut checked = 0u64;
-        while start.elapsed() < Duration::from_millis(20) {
+        while anchors.len() < 20 {
             let before = system_nanos();
             let t = now_nanos();
             let after = system_nanos();
@@ -277,9 +278,13 @@ mod tests {
             );
             anchors.insert(anchor.raw);
             checked += 1;
+            assert!(
+                Instant::now() < deadline,
+                "only {} anchors in 10 s: the anchor is not renewed",
+                anchors.len()
+            );
         }
-        assert!(checked > 1_000, "only {checked} readings in 20 ms");
-        assert!(anchors.len() >= 15, "{} anchors in 20 ms", anchors.len());
+        assert!(checked > 1_000, "only {checked} readings while 20 anchors served");
     }
 
     /// A time read well after the anchor (so from the counter, not the system clock) names the
