@@ -442,6 +442,7 @@ impl AzureLogsBuilder {
             queue: queue.clone(),
             shape,
             routes: Arc::new(routes),
+            instance: crate::span_stack::next_layer_id(),
         };
         let guard = AzureLogsGuard {
             shared: queue,

@@ -4,7 +4,9 @@
 //! thread's own page of the bounded queue: no lock beyond the registry's span-extension reads, no
 //! I/O, no allocation once buffers are warm, no shared cache line per event, no wake-up of the
 //! worker. Span fields are encoded once, in `on_new_span`/`on_record`, and
-//! stored in the span's extensions; an event copies the encoded spans of its scope.
+//! stored in the span's extensions; an event copies the encoded spans of its scope. The current
+//! span comes from the layer's own per-thread [`span_stack`], not from the registry's, whose
+//! read writes a cache line that other threads write too.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tracing_subscriber::registry::{LookupSpan, SpanRef};
 use crate::pipeline::queue::Queue;
 use crate::route::Routes;
 use crate::row::{CachedKeys, EventFields, FieldSink, Fields, RowShape, key, write_int, write_str};
+use crate::span_stack;
 
 /// Ships each event as a row to the Logs Ingestion API, through the pipeline that
 /// [`AzureLogsBuilder::build`](crate::AzureLogsBuilder::build) starts. Composes with `EnvFilter`
@@ -28,6 +31,8 @@ pub struct AzureLogsLayer {
     pub(crate) queue: Arc<Queue>,
     pub(crate) shape: Arc<RowShape>,
     pub(crate) routes: Arc<Routes>,
+    /// Names this layer's entries in the thread's [`span_stack`]; renewed when installed.
+    pub(crate) instance: u64,
 }
 
 impl std::fmt::Debug for AzureLogsLayer {
@@ -150,6 +155,24 @@ impl<S> tracing_subscriber::Layer<S> for AzureLogsLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    /// A fresh id per installation: a clone installed in a second subscriber keeps a stack of
+    /// its own (span ids are per subscriber).
+    fn on_layer(&mut self, _: &mut S) {
+        self.instance = span_stack::next_layer_id();
+    }
+
+    fn on_enter(&self, id: &Id, _: Context<'_, S>) {
+        if self.shape.spans.is_some() {
+            span_stack::enter(self.instance, id);
+        }
+    }
+
+    fn on_exit(&self, id: &Id, _: Context<'_, S>) {
+        if self.shape.spans.is_some() {
+            span_stack::exit(self.instance, id);
+        }
+    }
+
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         if self.shape.spans.is_none() {
             return;
@@ -268,7 +291,7 @@ impl AzureLogsLayer {
         if let Some(k) = &shape.spans {
             key(row, k);
             row.push(b'[');
-            if let Some(leaf) = ctx.event_span(event) {
+            if let Some(leaf) = event_span(self.instance, event, ctx) {
                 write_scope(row, leaf, 0);
             }
             row.push(b']');
@@ -278,6 +301,20 @@ impl AzureLogsLayer {
             None => write_tail(shape, row, meta.file(), meta.line()),
         }
     }
+}
+
+/// The span an event belongs to: its explicit parent, or the current span from this layer's
+/// own [`span_stack`] (not the registry's: see there why), as `Context::event_span` would say.
+fn event_span<'a, S>(layer: u64, event: &Event<'_>, ctx: &'a Context<'_, S>) -> Option<SpanRef<'a, S>>
+where
+    S: Subscriber + for<'l> LookupSpan<'l>,
+{
+    if event.is_contextual()
+        && let Some(current) = span_stack::current(layer)
+    {
+        return ctx.span(&current?);
+    }
+    ctx.event_span(event)
 }
 
 /// Spans nested deeper than this are left out of an event's `Spans`, root side first.

@@ -59,6 +59,7 @@ pub mod log_bridge;
 mod pipeline;
 mod route;
 pub mod row;
+mod span_stack;
 pub mod table;
 
 pub use client::{Audience, LogsIngestionClient, RetryPolicy, UploadError, UploadReport};

@@ -784,3 +784,134 @@ fn flush_under_sustained_overload_returns_once_its_rows_are_settled() {
         .count() as u64;
     assert!(reports >= before.diagnostic_rows && reports > 0);
 }
+
+/// The spans of each event are those the registry itself names for it (`Context::event_span`
+/// and its scope, read by a reference layer in the same subscriber under the same per-layer
+/// filter), across the cases the layer's own span stack must get right: nesting, a span entered
+/// again while inside another, exits out of order, a span its filter hides, explicit and no
+/// parents, two threads, and a clone of the layer in a second subscriber whose span ids repeat
+/// the first's.
+#[test]
+fn spans_of_each_event_are_what_the_registry_says() {
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::layer::Context;
+    use tracing_subscriber::registry::LookupSpan;
+
+    type Seen = Arc<Mutex<Vec<(u64, Vec<String>)>>>;
+    struct Reference(Seen);
+    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Reference {
+        fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+            struct Seq(u64);
+            impl tracing::field::Visit for Seq {
+                fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                    if field.name() == "seq" {
+                        self.0 = value;
+                    }
+                }
+                fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+                    self.record_u64(field, value as u64);
+                }
+                fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+            }
+            let mut seq = Seq(0);
+            event.record(&mut seq);
+            let names = ctx
+                .event_scope(event)
+                .map(|scope| scope.from_root().map(|s| s.name().to_owned()).collect())
+                .unwrap_or_default();
+            self.0.lock().unwrap().push((seq.0, names));
+        }
+    }
+    let _limit = common::time_limit();
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu).build().unwrap();
+    let seen: Seen = Arc::default();
+    let hides = || filter_fn(|meta| meta.name() != "hidden");
+    let subscriber = |layer: tracing_azure_logs::AzureLogsLayer| {
+        Dispatch::new(
+            tracing_subscriber::registry()
+                .with(Reference(seen.clone()).with_filter(hides()))
+                .with(layer.with_filter(hides())),
+        )
+    };
+    let (first, second) = (subscriber(layer.clone()), subscriber(layer));
+    let mut seq = 0u64;
+    let mut event = || {
+        seq += 1;
+        tracing::info!(seq, "event");
+    };
+    tracing::dispatcher::with_default(&first, || {
+        event();
+        let a = tracing::info_span!("a");
+        let apart = tracing::info_span!("apart");
+        let b;
+        {
+            let entered_a = a.enter();
+            event();
+            b = tracing::info_span!("b");
+            let hidden = tracing::info_span!(parent: &b, "hidden");
+            let entered_b = b.enter();
+            event();
+            {
+                let _again = a.enter();
+                event();
+            }
+            event();
+            {
+                let _hidden = hidden.enter();
+                event();
+            }
+            drop(entered_a);
+            event();
+            tracing::info!(parent: &apart, seq = 100, "explicit parent");
+            tracing::info!(parent: None, seq = 101, "no parent");
+            // The second subscriber's spans get the ids the first's got (`a`, `apart`, `b` and
+            // `hidden`, on this thread); these are not entered.
+            tracing::dispatcher::with_default(&second, || {
+                let _unentered: Vec<_> = (0..4).map(|_| tracing::info_span!("other_subscriber")).collect();
+                tracing::info!(seq = 102, "in the second subscriber");
+                let _inside = tracing::info_span!("second_entered").entered();
+                tracing::info!(seq = 103, "in a span of the second subscriber");
+            });
+            event();
+            drop(entered_b);
+            event();
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tracing::dispatcher::with_default(&first, || {
+                    tracing::info!(seq = 200, "another thread, no span");
+                    let _b = b.enter();
+                    tracing::info!(seq = 201, "another thread, in b");
+                })
+            });
+        });
+        event();
+    });
+    assert!(guard.flush_timeout(WAIT).completed);
+
+    let mut expected = seen.lock().unwrap().clone();
+    expected.sort();
+    let mut shipped: Vec<(u64, Vec<String>)> = emu
+        .rows(STREAM)
+        .iter()
+        .map(|row| {
+            let names = row["Spans"].as_array().unwrap().iter();
+            let names = names.map(|s| s["name"].as_str().unwrap().to_owned()).collect();
+            (row["Properties"]["seq"].as_u64().unwrap(), names)
+        })
+        .collect();
+    shipped.sort();
+    assert_eq!(shipped, expected);
+    // The cases were the intended ones (the registry's view of them, spelled out).
+    let names = |seq: u64| expected.iter().find(|(s, _)| *s == seq).unwrap().1.join(">");
+    assert_eq!(
+        (1..=8).map(names).collect::<Vec<_>>(),
+        ["", "a", "a>b", "a>b", "a>b", "a>b", "a>b", "a>b"]
+    );
+    assert_eq!(names(9), "");
+    assert_eq!(
+        [100, 101, 102, 103, 200, 201].map(names),
+        ["apart", "", "", "second_entered", "", "a>b"]
+    );
+}
