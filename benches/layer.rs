@@ -1,6 +1,7 @@
 //! Hot-path cost of one event, per the performance section: this layer (emulator as the
 //! sink), `fmt().json()` over `tracing_appender::non_blocking(sink())`, and a bare registry, from
-//! one and from two threads; then heap allocations per event on the emitting thread, counted by a
+//! one and from two threads, plus the layer while its queue is full (the service holds every
+//! request), with one pipeline for both threads and with one per thread; then heap allocations per event on the emitting thread, counted by a
 //! per-thread counting global allocator, and the worker's wake-ups while events flow.
 //!
 //! `cargo bench --bench layer` (criterion; `-- one_thread` etc. filters). The allocation report
