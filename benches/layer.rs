@@ -39,7 +39,7 @@ use tracing_azure_logs::AzureLogsGuard;
 use tracing_azure_logs::emulator::{Emulator, Fault};
 
 mod common;
-use common::{ThreadStat, events, in_request_span};
+use common::{ThreadStat, events};
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator: allocations made by the current thread.
@@ -82,10 +82,10 @@ fn trace_allocations(v: &Variant) {
     };
     tracing::dispatcher::with_default(&v.dispatch, || {
         for _ in 0..4 {
-            in_request_span(|| events(chunk()));
+            v.in_span(|| events(chunk()));
             v.settle();
         }
-        in_request_span(|| {
+        v.in_span(|| {
             eprintln!("== {}: backtraces of the first {n} allocations ==", v.name);
             TRACE.with(|t| t.set(n));
             events(chunk());
@@ -145,6 +145,8 @@ struct Variant {
     dispatch: Dispatch,
     /// What the second emitting thread uses, when not `dispatch`: a pipeline of its own.
     second: Option<Dispatch>,
+    /// A span (of `dispatch`) that every request span is a child of, on every thread.
+    server: Option<tracing::Span>,
     /// Settles what was emitted (outside the timed part); `None` for variants without a pipeline.
     guard: Option<AzureLogsGuard>,
 }
@@ -156,6 +158,11 @@ impl Variant {
             (1, Some(second)) => second,
             _ => &self.dispatch,
         }
+    }
+
+    /// Runs `f` in a new request span (under `server`, if any).
+    fn in_span<R>(&self, f: impl FnOnce() -> R) -> R {
+        common::in_request_span_under(self.server.as_ref(), f)
     }
 
     fn settle(&self) {
@@ -180,14 +187,14 @@ fn record(group: &'static str, name: &'static str, elapsed: Duration, events: u6
 /// Emits `n` events in the request span and returns the wall-clock time they took; the thread's
 /// CPU time for them is recorded under `cpu_group`. The two differ when other threads (the
 /// worker, the in-process emulator, the other emitter) take this thread's core meanwhile.
-fn timed_events(cpu_group: &'static str, name: &'static str, n: u64) -> Duration {
-    in_request_span(|| {
+fn timed_events(cpu_group: &'static str, v: &Variant, n: u64) -> Duration {
+    v.in_span(|| {
         let cpu = common::this_thread_cpu_ns();
         let start = Instant::now();
         events(n);
         let wall = start.elapsed();
         let cpu = Duration::from_nanos(common::this_thread_cpu_ns() - cpu);
-        record(cpu_group, name, cpu, n);
+        record(cpu_group, v.name, cpu, n);
         wall
     })
 }
@@ -199,7 +206,7 @@ fn one_thread(v: &Variant, iters: u64) -> Duration {
         let mut left = iters;
         while left > 0 {
             let n = left.min(chunk());
-            elapsed += timed_events("one_thread_cpu", v.name, n);
+            elapsed += timed_events("one_thread_cpu", v, n);
             left -= n;
             v.settle();
         }
@@ -226,7 +233,7 @@ fn two_threads(v: &Variant, iters: u64) -> Duration {
                             for _ in 0..chunks {
                                 let n = left.min(chunk());
                                 barrier.wait();
-                                elapsed += timed_events("two_threads_cpu", v.name, n);
+                                elapsed += timed_events("two_threads_cpu", v, n);
                                 left -= n;
                                 barrier.wait();
                                 if t == 0 {
@@ -261,7 +268,7 @@ fn allocs_per_event(v: &Variant, threads: usize, warm: u64, measured: u64) -> (f
                 while left > 0 {
                     let n = left.min(chunk());
                     barrier.wait();
-                    in_request_span(|| {
+                    v.in_span(|| {
                         let before = thread_allocs();
                         events(n);
                         let after = thread_allocs();
@@ -298,11 +305,11 @@ fn allocs_per_event(v: &Variant, threads: usize, warm: u64, measured: u64) -> (f
 fn allocs_per_span(v: &Variant, spans: u64) -> f64 {
     tracing::dispatcher::with_default(&v.dispatch, || {
         for _ in 0..1_000 {
-            in_request_span(|| ());
+            v.in_span(|| ());
         }
         let before = thread_allocs().0;
         for _ in 0..spans {
-            in_request_span(|| ());
+            v.in_span(|| ());
         }
         (thread_allocs().0 - before) as f64 / spans as f64
     })
@@ -349,7 +356,7 @@ fn wakeup_report(v: &Variant, n: u64) {
     let before = ThreadStat::of(workers[0]);
     let dropped_before = guard.stats().dropped;
     let start = Instant::now();
-    tracing::dispatcher::with_default(&v.dispatch, || in_request_span(|| events(n)));
+    tracing::dispatcher::with_default(&v.dispatch, || v.in_span(|| events(n)));
     let busy = start.elapsed();
     let during = ThreadStat::of(workers[0]).since(before);
     let dropped = guard.stats().dropped - dropped_before;
@@ -453,9 +460,7 @@ fn paired_report(variants: &[Variant]) {
                                     common::this_thread_cpu_ns() - start
                                 };
                                 let took = match variant {
-                                    Some(v) => {
-                                        tracing::dispatcher::with_default(v.dispatch(t), || in_request_span(timed))
-                                    }
+                                    Some(v) => tracing::dispatcher::with_default(v.dispatch(t), || v.in_span(timed)),
                                     None => timed(),
                                 };
                                 if c > 0 {
@@ -552,18 +557,21 @@ fn main() {
             name: "azure_logs",
             dispatch: layer,
             second: None,
+            server: None,
             guard: Some(guard),
         },
         Variant {
             name: "fmt_json_non_blocking",
             dispatch: fmt,
             second: None,
+            server: None,
             guard: None,
         },
         Variant {
             name: "registry",
             dispatch: common::registry_dispatch(),
             second: None,
+            server: None,
             guard: None,
         },
     ];
@@ -584,6 +592,19 @@ fn main() {
     }
     // Before the second pipeline starts: it tells the worker thread by its name.
     wakeup_report(&variants[0], 50_000);
+    // Request spans under a server span that both threads share: each event's scope has two
+    // spans, and the outer one is the same on every thread.
+    let (nested, nested_guard) = common::layer_dispatch(common::builder(&emu));
+    let server = tracing::dispatcher::with_default(&nested, || {
+        tracing::info_span!("server", region = "westeurope", version = "1.4.2")
+    });
+    variants.push(Variant {
+        name: "azure_logs_nested",
+        dispatch: nested,
+        second: None,
+        server: Some(server),
+        guard: Some(nested_guard),
+    });
     let stalled = common::emulator();
     let (full, full_guard) = full_queue_pipeline(&stalled);
     let (full_a, full_guard_a) = full_queue_pipeline(&stalled);
@@ -592,6 +613,7 @@ fn main() {
         name: "azure_logs_full_queue",
         dispatch: full,
         second: None,
+        server: None,
         // Never settles: nothing is sent.
         guard: None,
     });
@@ -602,6 +624,7 @@ fn main() {
         name: "azure_logs_full_queue_apart",
         dispatch: full_a,
         second: Some(full_b),
+        server: None,
         guard: None,
     });
     println!("== allocations on the emitting thread, steady state ==");

@@ -17,7 +17,17 @@ pub const WORKER_COMM: &str = "tracing-azure-l";
 /// Runs `f` inside an entered `info_span!("request", method = "GET", request_id = 7u64)`.
 #[inline(never)]
 pub fn in_request_span<R>(f: impl FnOnce() -> R) -> R {
-    let span = tracing::info_span!("request", method = "GET", request_id = 7u64);
+    in_request_span_under(None, f)
+}
+
+/// Like [`in_request_span`], with the request span a child of `parent` when given (a span that
+/// other threads' request spans share, as a server's or a task's span is).
+#[inline(never)]
+pub fn in_request_span_under<R>(parent: Option<&tracing::Span>, f: impl FnOnce() -> R) -> R {
+    let span = match parent {
+        Some(parent) => tracing::info_span!(parent: parent, "request", method = "GET", request_id = 7u64),
+        None => tracing::info_span!("request", method = "GET", request_id = 7u64),
+    };
     let _entered = span.enter();
     f()
 }
