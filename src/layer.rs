@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tracing::field::Field;
 use tracing::span::{Attributes, Id, Record};
@@ -47,6 +48,9 @@ struct SpanFields {
     name: &'static str,
     members: Vec<(&'static str, Vec<u8>)>,
     encoded: Vec<u8>,
+    /// Advanced after `encoded` changes (and when the span closes): scopes cached in the
+    /// threads' [`span_stack`]s that hold this span are then encoded again. Shared by copies.
+    version: span_stack::Version,
 }
 
 impl SpanFields {
@@ -182,6 +186,7 @@ where
             name: attrs.metadata().name(),
             members: Vec::new(),
             encoded: Vec::new(),
+            version: Default::default(),
         };
         attrs.record(&mut Fields(&mut fields));
         fields.encode();
@@ -197,7 +202,20 @@ where
         };
         values.record(&mut Fields(&mut fields));
         fields.encode();
+        let version = fields.version.clone();
         span.extensions_mut().replace(fields);
+        // After the new encoding is in place: a thread that reads the old version re-encodes.
+        version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Cached scopes that still hold the span (an entered span whose guard was leaked) are
+    /// encoded again, from the registry, which no longer has it.
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(&id)
+            && let Some(fields) = span.extensions().get::<SpanFields>()
+        {
+            fields.version.fetch_add(1, Ordering::Release);
+        }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
@@ -290,10 +308,7 @@ impl AzureLogsLayer {
         }
         if let Some(k) = &shape.spans {
             key(row, k);
-            row.push(b'[');
-            if let Some(leaf) = event_span(self.instance, event, ctx) {
-                write_scope(row, leaf, 0);
-            }
+            write_event_scope(self.instance, row, event, ctx);
             row.push(b']');
         }
         match callsite {
@@ -303,34 +318,65 @@ impl AzureLogsLayer {
     }
 }
 
-/// The span an event belongs to: its explicit parent, or the current span from this layer's
-/// own [`span_stack`] (not the registry's: see there why), as `Context::event_span` would say.
-fn event_span<'a, S>(layer: u64, event: &Event<'_>, ctx: &'a Context<'_, S>) -> Option<SpanRef<'a, S>>
+/// Writes `[` and the encoded spans of the event's scope (the spans `Context::event_scope`
+/// names), root first. For an event in the current span, from the scope cached in this layer's
+/// own [`span_stack`] (not the registry's stack: see there why), encoded again when a span in
+/// it changed; otherwise (an explicit parent, or the stack cannot be read) from the registry.
+fn write_event_scope<S>(layer: u64, row: &mut Vec<u8>, event: &Event<'_>, ctx: &Context<'_, S>)
 where
     S: Subscriber + for<'l> LookupSpan<'l>,
 {
-    if event.is_contextual()
-        && let Some(current) = span_stack::current(layer)
-    {
-        return ctx.span(&current?);
+    if event.is_contextual() {
+        let cached = span_stack::with_current(layer, |id, scope| {
+            if !scope.is_fresh() {
+                scope.clear();
+                scope.encoded.push(b'[');
+                // A span the registry no longer has (its guard was leaked, then it closed) is
+                // looked up again at the next event.
+                if let Some(leaf) = ctx.span(&id) {
+                    write_scope(&mut scope.encoded, Some(&mut scope.versions), leaf, 0);
+                    scope.valid = true;
+                }
+            }
+            row.extend_from_slice(&scope.encoded);
+        });
+        match cached {
+            Some(Some(())) => return,
+            Some(None) => {
+                row.push(b'[');
+                return;
+            }
+            None => {}
+        }
     }
-    ctx.event_span(event)
+    row.push(b'[');
+    if let Some(leaf) = ctx.event_span(event) {
+        write_scope(row, None, leaf, 0);
+    }
 }
 
 /// Spans nested deeper than this are left out of an event's `Spans`, root side first.
 const MAX_SPAN_DEPTH: usize = 64;
 
-/// Writes the encoded fields of `span`'s ancestors, root first, then its own.
-fn write_scope<S>(row: &mut Vec<u8>, span: SpanRef<'_, S>, depth: usize)
-where
+/// Writes the encoded fields of `span`'s ancestors, root first, then its own; with `versions`,
+/// also each span's version, read before its encoding.
+fn write_scope<S>(
+    row: &mut Vec<u8>,
+    mut versions: Option<&mut Vec<(span_stack::Version, u64)>>,
+    span: SpanRef<'_, S>,
+    depth: usize,
+) where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     if depth + 1 < MAX_SPAN_DEPTH
         && let Some(parent) = span.parent()
     {
-        write_scope(row, parent, depth + 1);
+        write_scope(row, versions.as_deref_mut(), parent, depth + 1);
     }
     if let Some(fields) = span.extensions().get::<SpanFields>() {
+        if let Some(versions) = versions {
+            versions.push((fields.version.clone(), fields.version.load(Ordering::Acquire)));
+        }
         if row.last() != Some(&b'[') {
             row.push(b',');
         }

@@ -10,22 +10,68 @@
 //!
 //! The stack is a real thread local shared by every installed layer, so each entry names its
 //! layer ([`next_layer_id`]): span ids are only unique within one subscriber.
+//!
+//! Each entry also caches its event scope, encoded (the `Spans` column's spans, root first), so
+//! that events in it read no span from the registry at all: reading one takes a reference on
+//! its slot and a read lock on its extensions, both atomic writes, which two threads with a
+//! common ancestor span (a server's, a task's) would otherwise both make on every event. The
+//! cache holds each span's [`Version`], which `on_record` and `on_close` advance, so a recorded
+//! field shows in the next event on every thread.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::span::Id;
 
-#[derive(Clone, Copy)]
+/// Advanced whenever a span's encoded fields change (and when it closes).
+pub(crate) type Version = Arc<AtomicU64>;
+
+/// An entry's encoded scope: `[` and the encoded spans, comma-separated, without the closing
+/// bracket. Valid while every span's version is what it was when encoded.
+#[derive(Default)]
+pub(crate) struct Scope {
+    pub(crate) encoded: Vec<u8>,
+    pub(crate) versions: Vec<(Version, u64)>,
+    pub(crate) valid: bool,
+}
+
+impl Scope {
+    /// Whether the encoding still holds: one atomic read per span, no write.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.valid
+            && self
+                .versions
+                .iter()
+                .all(|(version, seen)| version.load(Ordering::Acquire) == *seen)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.encoded.clear();
+        self.versions.clear();
+        self.valid = false;
+    }
+}
+
 struct Entered {
     layer: u64,
     span: u64,
     /// The span was already on the stack for this layer when entered again.
     duplicate: bool,
+    scope: Scope,
+}
+
+/// Scopes kept for reuse, so that entering and exiting spans does not allocate once warm.
+const SPARE_SCOPES: usize = 16;
+
+#[derive(Default)]
+struct Stack {
+    entered: Vec<Entered>,
+    spare: Vec<Scope>,
 }
 
 thread_local! {
-    static STACK: RefCell<Vec<Entered>> = const { RefCell::new(Vec::new()) };
+    static STACK: RefCell<Stack> = const { RefCell::new(Stack { entered: Vec::new(), spare: Vec::new() }) };
 }
 
 /// A fresh id for an installed layer.
@@ -39,8 +85,14 @@ pub(crate) fn enter(layer: u64, span: &Id) {
     let span = span.into_u64();
     let _ = STACK.try_with(|stack| {
         if let Ok(mut stack) = stack.try_borrow_mut() {
-            let duplicate = stack.iter().any(|e| e.layer == layer && e.span == span);
-            stack.push(Entered { layer, span, duplicate });
+            let duplicate = stack.entered.iter().any(|e| e.layer == layer && e.span == span);
+            let scope = stack.spare.pop().unwrap_or_default();
+            stack.entered.push(Entered {
+                layer,
+                span,
+                duplicate,
+                scope,
+            });
         }
     });
 }
@@ -50,27 +102,31 @@ pub(crate) fn exit(layer: u64, span: &Id) {
     let span = span.into_u64();
     let _ = STACK.try_with(|stack| {
         if let Ok(mut stack) = stack.try_borrow_mut()
-            && let Some(at) = stack.iter().rposition(|e| e.layer == layer && e.span == span)
+            && let Some(at) = stack.entered.iter().rposition(|e| e.layer == layer && e.span == span)
         {
-            stack.remove(at);
+            let mut scope = stack.entered.remove(at).scope;
+            if stack.spare.len() < SPARE_SCOPES {
+                scope.clear();
+                stack.spare.push(scope);
+            }
         }
     });
 }
 
-/// The current span of `layer` on this thread: `Some(None)` when there is none, `None` when the
-/// stack cannot be read (the thread's locals are being torn down, or a re-entrant call), in
-/// which case the caller asks the registry.
-pub(crate) fn current(layer: u64) -> Option<Option<Id>> {
+/// Calls `f` with the current span of `layer` on this thread and its cached scope: `Some(None)`
+/// when there is no current span, `None` when the stack cannot be read (the thread's locals are
+/// being torn down, or a re-entrant call), in which case the caller asks the registry. `f` must
+/// not enter or exit spans, nor emit events.
+pub(crate) fn with_current<R>(layer: u64, f: impl FnOnce(Id, &mut Scope) -> R) -> Option<Option<R>> {
     STACK
         .try_with(|stack| {
-            let stack = stack.try_borrow().ok()?;
-            Some(
-                stack
-                    .iter()
-                    .rev()
-                    .find(|e| e.layer == layer && !e.duplicate)
-                    .map(|e| Id::from_u64(e.span)),
-            )
+            let mut stack = stack.try_borrow_mut().ok()?;
+            let current = stack
+                .entered
+                .iter_mut()
+                .rev()
+                .find(|e| e.layer == layer && !e.duplicate);
+            Some(current.map(|e| f(Id::from_u64(e.span), &mut e.scope)))
         })
         .ok()
         .flatten()
@@ -85,7 +141,7 @@ mod tests {
     }
 
     fn now(layer: u64) -> Option<u64> {
-        current(layer).expect("readable").map(|id| id.into_u64())
+        with_current(layer, |id, _| id.into_u64()).expect("readable")
     }
 
     #[test]
@@ -113,5 +169,29 @@ mod tests {
         // Exiting what was never entered changes nothing.
         exit(a, &id(3));
         assert_eq!(now(a), None);
+    }
+
+    #[test]
+    fn a_scope_is_fresh_until_a_span_version_moves_and_is_reused_empty() {
+        let layer = next_layer_id();
+        enter(layer, &id(1));
+        let version: Version = Arc::default();
+        with_current(layer, |_, scope| {
+            assert!(!scope.is_fresh(), "nothing encoded yet");
+            scope.encoded.extend_from_slice(b"[{}");
+            scope.versions.push((version.clone(), 0));
+            scope.valid = true;
+        });
+        assert_eq!(with_current(layer, |_, scope| scope.is_fresh()), Some(Some(true)));
+        version.fetch_add(1, Ordering::Release);
+        assert_eq!(with_current(layer, |_, scope| scope.is_fresh()), Some(Some(false)));
+        exit(layer, &id(1));
+        // The next entry reuses the scope, cleared.
+        enter(layer, &id(2));
+        with_current(layer, |_, scope| {
+            assert!(!scope.valid && scope.encoded.is_empty() && scope.versions.is_empty());
+            assert!(scope.encoded.capacity() >= 3, "the buffer is reused");
+        });
+        exit(layer, &id(2));
     }
 }

@@ -915,3 +915,54 @@ fn spans_of_each_event_are_what_the_registry_says() {
         ["apart", "", "", "second_entered", "", "a>b"]
     );
 }
+
+/// A field recorded on a span shows in the next event of every thread inside it: the leaf's,
+/// recorded on the event's own thread, and a shared parent's, recorded on another thread while
+/// the event's thread stays inside the span (its scope is cached between events).
+#[test]
+fn recorded_span_fields_show_in_the_next_event_on_every_thread() {
+    let _limit = common::time_limit();
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu).build().unwrap();
+    let dispatch = dispatch(layer);
+    let server = tracing::dispatcher::with_default(&dispatch, || tracing::info_span!("server", phase = "starting"));
+    let (recorded_tx, recorded) = std::sync::mpsc::channel::<()>();
+    let (emitted_tx, emitted) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let (dispatch, server) = (&dispatch, &server);
+        s.spawn(move || {
+            tracing::dispatcher::with_default(dispatch, || {
+                let request = tracing::info_span!(parent: server, "request", user = tracing::field::Empty);
+                let _entered = request.enter();
+                tracing::info!(seq = 1u64, "before any record");
+                request.record("user", "ada");
+                tracing::info!(seq = 2u64, "after the leaf's record");
+                emitted_tx.send(()).unwrap();
+                recorded.recv_timeout(WAIT).unwrap();
+                tracing::info!(seq = 3u64, "after the parent's record on another thread");
+            });
+        });
+        emitted.recv_timeout(WAIT).unwrap();
+        server.record("phase", "serving");
+        recorded_tx.send(()).unwrap();
+    });
+    assert!(guard.flush_timeout(WAIT).completed);
+    let mut rows = emu.rows(STREAM);
+    rows.sort_by_key(|r| r["Properties"]["seq"].as_u64());
+    let spans: Vec<Value> = rows.iter().map(|r| r["Spans"].clone()).collect();
+    let scope = |phase: &str, user: Option<&str>| {
+        let request = match user {
+            Some(user) => json!({"name": "request", "fields": {"user": user}}),
+            None => json!({"name": "request", "fields": {}}),
+        };
+        json!([{"name": "server", "fields": {"phase": phase}}, request])
+    };
+    assert_eq!(
+        spans,
+        [
+            scope("starting", None),
+            scope("starting", Some("ada")),
+            scope("serving", Some("ada"))
+        ]
+    );
+}
