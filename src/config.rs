@@ -442,7 +442,7 @@ impl AzureLogsBuilder {
             queue: queue.clone(),
             shape,
             routes: Arc::new(routes),
-            instance: crate::span_stack::next_layer_id(),
+            instance: None,
         };
         let guard = AzureLogsGuard {
             shared: queue,

@@ -25,15 +25,21 @@ use crate::row::{CachedKeys, EventFields, FieldSink, Fields, RowShape, key, writ
 use crate::span_stack;
 
 /// Ships each event as a row to the Logs Ingestion API, through the pipeline that
-/// [`AzureLogsBuilder::build`](crate::AzureLogsBuilder::build) starts. Composes with `EnvFilter`
-/// and per-layer filters like any layer.
+/// [`AzureLogsBuilder::build`](crate::AzureLogsBuilder::build) starts. Composes with `EnvFilter`,
+/// per-layer filters, `reload` and other pipelines' layers in the same registry.
+///
+/// Pitfall: an event emitted by another layer from its own `on_enter`/`on_exit` hook is given
+/// the spans as this layer last saw them. Add this layer first (innermost) if such a layer is
+/// installed too; then they agree with the registry.
 #[derive(Clone)]
 pub struct AzureLogsLayer {
     pub(crate) queue: Arc<Queue>,
     pub(crate) shape: Arc<RowShape>,
     pub(crate) routes: Arc<Routes>,
-    /// Names this layer's entries in the thread's [`span_stack`]; renewed when installed.
-    pub(crate) instance: u64,
+    /// Names this layer's entries in the thread's [`span_stack`]; set by `on_layer`, so a layer
+    /// that was never installed (one swapped in by `reload`, which does not call `on_layer`)
+    /// keeps no stack and asks the registry instead.
+    pub(crate) instance: Option<u64>,
 }
 
 impl std::fmt::Debug for AzureLogsLayer {
@@ -162,18 +168,18 @@ where
     /// A fresh id per installation: a clone installed in a second subscriber keeps a stack of
     /// its own (span ids are per subscriber).
     fn on_layer(&mut self, _: &mut S) {
-        self.instance = span_stack::next_layer_id();
+        self.instance = Some(span_stack::next_layer_id());
     }
 
     fn on_enter(&self, id: &Id, _: Context<'_, S>) {
-        if self.shape.spans.is_some() {
-            span_stack::enter(self.instance, id);
+        if let (Some(layer), Some(_)) = (self.instance, &self.shape.spans) {
+            span_stack::enter(layer, id);
         }
     }
 
     fn on_exit(&self, id: &Id, _: Context<'_, S>) {
-        if self.shape.spans.is_some() {
-            span_stack::exit(self.instance, id);
+        if let (Some(layer), Some(_)) = (self.instance, &self.shape.spans) {
+            span_stack::exit(layer, id);
         }
     }
 
@@ -190,7 +196,12 @@ where
         };
         attrs.record(&mut Fields(&mut fields));
         fields.encode();
-        span.extensions_mut().insert(fields);
+        let mut extensions = span.extensions_mut();
+        // Another pipeline's layer in the same registry may have encoded them already (the same
+        // bytes): one copy serves both.
+        if extensions.get_mut::<SpanFields>().is_none() {
+            extensions.insert(fields);
+        }
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
@@ -211,7 +222,9 @@ where
     /// Cached scopes that still hold the span (an entered span whose guard was leaked) are
     /// encoded again, from the registry, which no longer has it.
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(&id)
+        if self.instance.is_some()
+            && self.shape.spans.is_some()
+            && let Some(span) = ctx.span(&id)
             && let Some(fields) = span.extensions().get::<SpanFields>()
         {
             fields.version.fetch_add(1, Ordering::Release);
@@ -322,11 +335,13 @@ impl AzureLogsLayer {
 /// names), root first. For an event in the current span, from the scope cached in this layer's
 /// own [`span_stack`] (not the registry's stack: see there why), encoded again when a span in
 /// it changed; otherwise (an explicit parent, or the stack cannot be read) from the registry.
-fn write_event_scope<S>(layer: u64, row: &mut Vec<u8>, event: &Event<'_>, ctx: &Context<'_, S>)
+fn write_event_scope<S>(layer: Option<u64>, row: &mut Vec<u8>, event: &Event<'_>, ctx: &Context<'_, S>)
 where
     S: Subscriber + for<'l> LookupSpan<'l>,
 {
-    if event.is_contextual() {
+    if event.is_contextual()
+        && let Some(layer) = layer
+    {
         let cached = span_stack::with_current(layer, |id, scope| {
             if !scope.is_fresh() {
                 scope.clear();

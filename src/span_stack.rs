@@ -63,6 +63,7 @@ struct Entered {
 
 /// Scopes kept for reuse, so that entering and exiting spans does not allocate once warm.
 const SPARE_SCOPES: usize = 16;
+const MAX_SPARE_BYTES: usize = 4096;
 
 #[derive(Default)]
 struct Stack {
@@ -105,7 +106,8 @@ pub(crate) fn exit(layer: u64, span: &Id) {
             && let Some(at) = stack.entered.iter().rposition(|e| e.layer == layer && e.span == span)
         {
             let mut scope = stack.entered.remove(at).scope;
-            if stack.spare.len() < SPARE_SCOPES {
+            // Kept only when small: a scope that once held huge fields does not stay that big.
+            if stack.spare.len() < SPARE_SCOPES && scope.encoded.capacity() <= MAX_SPARE_BYTES {
                 scope.clear();
                 stack.spare.push(scope);
             }
