@@ -669,19 +669,21 @@ fn main() {
             fmt / layer
         );
     }
-    if let Some(guard) = variants[0].guard.as_ref() {
+    let mut sent = 0;
+    for v in &variants {
+        let Some(guard) = v.guard.as_ref() else { continue };
         common::flush(guard);
         let s = guard.stats();
+        sent += s.sent;
         println!(
-            "azure_logs pipeline: enqueued {} dropped {} sent {} failed {} uploads {}; emulator rows {}",
-            s.enqueued,
-            s.dropped,
-            s.sent,
-            s.failed,
-            s.uploads,
-            emu.row_count(common::STREAM)
+            "{} pipeline: enqueued {} dropped {} sent {} failed {} uploads {}",
+            v.name, s.enqueued, s.dropped, s.sent, s.failed, s.uploads
         );
     }
+    println!(
+        "emulator rows {} (both pipelines; sent {sent})",
+        emu.row_count(common::STREAM)
+    );
     let s = full_guard.stats();
     println!(
         "azure_logs_full_queue pipeline: enqueued {} dropped {} sent {} (emitted {})",
