@@ -18,7 +18,7 @@
 //! cache holds each span's [`Version`], which `on_record` and `on_close` advance, so a recorded
 //! field shows in the next event on every thread.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -71,8 +71,21 @@ struct Stack {
     spare: Vec<Scope>,
 }
 
+struct Local {
+    stack: RefCell<Stack>,
+    /// An enter or exit came while the stack was borrowed (a span entered from code that runs
+    /// inside [`with_current`], such as another extension's `Drop`), so the stack may disagree
+    /// with the registry: from then on this thread asks the registry.
+    lost: Cell<bool>,
+}
+
 thread_local! {
-    static STACK: RefCell<Stack> = const { RefCell::new(Stack { entered: Vec::new(), spare: Vec::new() }) };
+    static LOCAL: Local = const {
+        Local {
+            stack: RefCell::new(Stack { entered: Vec::new(), spare: Vec::new() }),
+            lost: Cell::new(false),
+        }
+    };
 }
 
 /// A fresh id for an installed layer.
@@ -84,27 +97,31 @@ pub(crate) fn next_layer_id() -> u64 {
 /// `span` was entered on this thread.
 pub(crate) fn enter(layer: u64, span: &Id) {
     let span = span.into_u64();
-    let _ = STACK.try_with(|stack| {
-        if let Ok(mut stack) = stack.try_borrow_mut() {
-            let duplicate = stack.entered.iter().any(|e| e.layer == layer && e.span == span);
-            let scope = stack.spare.pop().unwrap_or_default();
-            stack.entered.push(Entered {
-                layer,
-                span,
-                duplicate,
-                scope,
-            });
-        }
+    let _ = LOCAL.try_with(|local| {
+        let Ok(mut stack) = local.stack.try_borrow_mut() else {
+            local.lost.set(true);
+            return;
+        };
+        let duplicate = stack.entered.iter().any(|e| e.layer == layer && e.span == span);
+        let scope = stack.spare.pop().unwrap_or_default();
+        stack.entered.push(Entered {
+            layer,
+            span,
+            duplicate,
+            scope,
+        });
     });
 }
 
 /// `span` was exited on this thread.
 pub(crate) fn exit(layer: u64, span: &Id) {
     let span = span.into_u64();
-    let _ = STACK.try_with(|stack| {
-        if let Ok(mut stack) = stack.try_borrow_mut()
-            && let Some(at) = stack.entered.iter().rposition(|e| e.layer == layer && e.span == span)
-        {
+    let _ = LOCAL.try_with(|local| {
+        let Ok(mut stack) = local.stack.try_borrow_mut() else {
+            local.lost.set(true);
+            return;
+        };
+        if let Some(at) = stack.entered.iter().rposition(|e| e.layer == layer && e.span == span) {
             let mut scope = stack.entered.remove(at).scope;
             // Kept only when small: a scope that once held huge fields does not stay that big.
             if stack.spare.len() < SPARE_SCOPES && scope.encoded.capacity() <= MAX_SPARE_BYTES {
@@ -117,12 +134,15 @@ pub(crate) fn exit(layer: u64, span: &Id) {
 
 /// Calls `f` with the current span of `layer` on this thread and its cached scope: `Some(None)`
 /// when there is no current span, `None` when the stack cannot be read (the thread's locals are
-/// being torn down, or a re-entrant call), in which case the caller asks the registry. `f` must
-/// not enter or exit spans, nor emit events.
+/// being torn down, a re-entrant call, or an enter or exit was lost), in which case the caller
+/// asks the registry. `f` must not emit events.
 pub(crate) fn with_current<R>(layer: u64, f: impl FnOnce(Id, &mut Scope) -> R) -> Option<Option<R>> {
-    STACK
-        .try_with(|stack| {
-            let mut stack = stack.try_borrow_mut().ok()?;
+    LOCAL
+        .try_with(|local| {
+            if local.lost.get() {
+                return None;
+            }
+            let mut stack = local.stack.try_borrow_mut().ok()?;
             let current = stack
                 .entered
                 .iter_mut()
@@ -171,6 +191,19 @@ mod tests {
         // Exiting what was never entered changes nothing.
         exit(a, &id(3));
         assert_eq!(now(a), None);
+    }
+
+    #[test]
+    fn an_enter_that_comes_while_the_stack_is_read_sends_the_thread_to_the_registry() {
+        std::thread::spawn(|| {
+            let layer = next_layer_id();
+            enter(layer, &id(1));
+            // As if an extension's `Drop` entered a span while an event reads its scope.
+            with_current(layer, |_, _| enter(layer, &id(2)));
+            assert_eq!(with_current(layer, |id, _| id), None, "the stack is no longer trusted");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
