@@ -349,6 +349,7 @@ where
                 // A span the registry no longer has (its guard was leaked, then it closed) is
                 // looked up again at the next event.
                 if let Some(leaf) = ctx.span(&id) {
+                    scope.leaf_versioned = leaf.extensions().get::<SpanFields>().is_some();
                     write_scope(&mut scope.encoded, Some(&mut scope.versions), leaf, 0);
                     scope.valid = true;
                 }

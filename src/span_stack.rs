@@ -34,6 +34,9 @@ pub(crate) struct Scope {
     pub(crate) encoded: Vec<u8>,
     pub(crate) versions: Vec<(Version, u64)>,
     pub(crate) valid: bool,
+    /// The last version is the span's own: if the span closes and its id is reused, the scope
+    /// goes stale, so it may be kept after an exit for the span's next enter.
+    pub(crate) leaf_versioned: bool,
 }
 
 impl Scope {
@@ -50,6 +53,7 @@ impl Scope {
         self.encoded.clear();
         self.versions.clear();
         self.valid = false;
+        self.leaf_versioned = false;
     }
 }
 
@@ -64,11 +68,52 @@ struct Entered {
 /// Scopes kept for reuse, so that entering and exiting spans does not allocate once warm.
 const SPARE_SCOPES: usize = 16;
 const MAX_SPARE_BYTES: usize = 4096;
+/// Encoded scopes of recently exited spans, kept for their next enter: an async task's span is
+/// entered and exited at every poll, and its events would otherwise read the registry at the
+/// first event of each poll.
+const RECENT_SCOPES: usize = 8;
 
 #[derive(Default)]
 struct Stack {
     entered: Vec<Entered>,
     spare: Vec<Scope>,
+    /// `(layer, span, scope)`, oldest first.
+    recent: Vec<(u64, u64, Scope)>,
+}
+
+impl Stack {
+    /// A scope for a new entry: the span's own from its last exit, else a spare one.
+    fn scope_for(&mut self, layer: u64, span: u64) -> Scope {
+        match self.recent.iter().rposition(|(l, s, _)| *l == layer && *s == span) {
+            Some(at) => self.recent.remove(at).2,
+            None => self.spare.pop().unwrap_or_default(),
+        }
+    }
+
+    /// Takes back the scope of an exited entry.
+    fn keep(&mut self, layer: u64, span: u64, mut scope: Scope) {
+        // Kept only when small: a scope that once held huge fields does not stay that big.
+        if scope.encoded.capacity() > MAX_SPARE_BYTES {
+            return;
+        }
+        if scope.valid && scope.leaf_versioned {
+            if self.recent.len() == RECENT_SCOPES {
+                let (_, _, oldest) = self.recent.remove(0);
+                self.spare_scope(oldest);
+            }
+            self.recent.push((layer, span, scope));
+        } else {
+            scope.clear();
+            self.spare_scope(scope);
+        }
+    }
+
+    fn spare_scope(&mut self, mut scope: Scope) {
+        if self.spare.len() < SPARE_SCOPES {
+            scope.clear();
+            self.spare.push(scope);
+        }
+    }
 }
 
 struct Local {
@@ -82,7 +127,7 @@ struct Local {
 thread_local! {
     static LOCAL: Local = const {
         Local {
-            stack: RefCell::new(Stack { entered: Vec::new(), spare: Vec::new() }),
+            stack: RefCell::new(Stack { entered: Vec::new(), spare: Vec::new(), recent: Vec::new() }),
             lost: Cell::new(false),
         }
     };
@@ -103,7 +148,11 @@ pub(crate) fn enter(layer: u64, span: &Id) {
             return;
         };
         let duplicate = stack.entered.iter().any(|e| e.layer == layer && e.span == span);
-        let scope = stack.spare.pop().unwrap_or_default();
+        let scope = if duplicate {
+            stack.spare.pop().unwrap_or_default()
+        } else {
+            stack.scope_for(layer, span)
+        };
         stack.entered.push(Entered {
             layer,
             span,
@@ -122,12 +171,8 @@ pub(crate) fn exit(layer: u64, span: &Id) {
             return;
         };
         if let Some(at) = stack.entered.iter().rposition(|e| e.layer == layer && e.span == span) {
-            let mut scope = stack.entered.remove(at).scope;
-            // Kept only when small: a scope that once held huge fields does not stay that big.
-            if stack.spare.len() < SPARE_SCOPES && scope.encoded.capacity() <= MAX_SPARE_BYTES {
-                scope.clear();
-                stack.spare.push(scope);
-            }
+            let scope = stack.entered.remove(at).scope;
+            stack.keep(layer, span, scope);
         }
     });
 }
@@ -228,5 +273,48 @@ mod tests {
             assert!(scope.encoded.capacity() >= 3, "the buffer is reused");
         });
         exit(layer, &id(2));
+    }
+
+    #[test]
+    fn a_span_entered_again_gets_back_its_scope_while_fresh() {
+        let layer = next_layer_id();
+        let version: Version = Arc::default();
+        let encode = |n: u64| {
+            with_current(layer, |_, scope| {
+                if !scope.is_fresh() {
+                    scope.clear();
+                    scope.encoded.extend_from_slice(format!("[{n}").as_bytes());
+                    scope.versions.push((version.clone(), version.load(Ordering::Acquire)));
+                    scope.valid = true;
+                    scope.leaf_versioned = true;
+                }
+                scope.encoded.clone()
+            })
+            .unwrap()
+            .unwrap()
+        };
+        // A task's span, entered at each poll.
+        enter(layer, &id(1));
+        assert_eq!(encode(1), b"[1");
+        exit(layer, &id(1));
+        enter(layer, &id(1));
+        assert_eq!(encode(2), b"[1", "kept from the last poll");
+        exit(layer, &id(1));
+        // A field recorded between polls (or the span closed and its id reused).
+        version.fetch_add(1, Ordering::Release);
+        enter(layer, &id(1));
+        assert_eq!(encode(3), b"[3", "encoded again");
+        exit(layer, &id(1));
+        // Another span with another id does not get it.
+        enter(layer, &id(9));
+        assert_eq!(with_current(layer, |_, scope| scope.valid), Some(Some(false)));
+        exit(layer, &id(9));
+        // Only a few are kept.
+        for n in 100..100 + RECENT_SCOPES as u64 + 1 {
+            enter(layer, &id(n));
+            encode(n);
+            exit(layer, &id(n));
+        }
+        LOCAL.with(|l| assert_eq!(l.stack.borrow().recent.len(), RECENT_SCOPES));
     }
 }

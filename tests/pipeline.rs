@@ -1043,3 +1043,32 @@ fn two_pipelines_in_one_registry_both_get_the_spans() {
         );
     }
 }
+
+/// A span entered again (as an async task's span is at every poll) shows what was recorded on it
+/// while it was exited, and a new span in a closed span's slot shows its own fields, not the
+/// closed one's (exited spans' encoded scopes are kept for their next enter).
+#[test]
+fn spans_entered_again_or_reusing_an_id_show_their_current_fields() {
+    let _limit = common::time_limit();
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu).build().unwrap();
+    tracing::dispatcher::with_default(&dispatch(layer), || {
+        let task = tracing::info_span!("task", step = 1u64);
+        task.in_scope(|| tracing::info!(seq = 1u64, "first poll"));
+        task.in_scope(|| tracing::info!(seq = 2u64, "second poll"));
+        task.record("step", 2u64);
+        task.in_scope(|| tracing::info!(seq = 3u64, "after a record between polls"));
+        drop(task);
+        let next = tracing::info_span!("next_task", step = 9u64);
+        next.in_scope(|| tracing::info!(seq = 4u64, "a new span in the closed one's slot"));
+    });
+    assert!(guard.flush_timeout(WAIT).completed);
+    let mut rows = emu.rows(STREAM);
+    rows.sort_by_key(|r| r["Properties"]["seq"].as_u64());
+    let spans: Vec<Value> = rows.iter().map(|r| r["Spans"].clone()).collect();
+    let span = |name: &str, step: u64| json!([{"name": name, "fields": {"step": step}}]);
+    assert_eq!(
+        spans,
+        [span("task", 1), span("task", 1), span("task", 2), span("next_task", 9)]
+    );
+}
