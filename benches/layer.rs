@@ -82,13 +82,13 @@ fn trace_allocations(v: &Variant) {
     };
     tracing::dispatcher::with_default(&v.dispatch, || {
         for _ in 0..4 {
-            v.in_span(|| events(chunk()));
+            v.in_span(|| v.events(chunk()));
             v.settle();
         }
         v.in_span(|| {
             eprintln!("== {}: backtraces of the first {n} allocations ==", v.name);
             TRACE.with(|t| t.set(n));
-            events(chunk());
+            v.events(chunk());
             TRACE.with(|t| t.set(0));
         });
         v.settle();
@@ -147,6 +147,9 @@ struct Variant {
     second: Option<Dispatch>,
     /// A span (of `dispatch`) that every request span is a child of, on every thread.
     server: Option<tracing::Span>,
+    /// Events per entry of the request span: the span is entered for this many events, exited,
+    /// and entered again, as an async task's span is at every poll. `None`: entered once.
+    poll: Option<u64>,
     /// Settles what was emitted (outside the timed part); `None` for variants without a pipeline.
     guard: Option<AzureLogsGuard>,
 }
@@ -160,9 +163,37 @@ impl Variant {
         }
     }
 
-    /// Runs `f` in a new request span (under `server`, if any).
+    /// Runs `f` in a new request span (under `server`, if any). With `poll`, the span is not
+    /// entered here but by [`events`](Self::events), a few events at a time.
     fn in_span<R>(&self, f: impl FnOnce() -> R) -> R {
-        common::in_request_span_under(self.server.as_ref(), f)
+        if self.poll.is_none() {
+            return common::in_request_span_under(self.server.as_ref(), f);
+        }
+        let span = match &self.server {
+            Some(server) => tracing::info_span!(parent: server, "request", method = "GET", request_id = 7u64),
+            None => tracing::info_span!("request", method = "GET", request_id = 7u64),
+        };
+        POLLED.with(|p| *p.borrow_mut() = Some(span));
+        let out = f();
+        POLLED.with(|p| p.borrow_mut().take());
+        out
+    }
+
+    /// Emits `n` of the events (inside [`in_span`](Self::in_span)).
+    fn events(&self, n: u64) {
+        let Some(every) = self.poll else {
+            return events(n);
+        };
+        POLLED.with(|p| {
+            let span = p.borrow();
+            let span = span.as_ref().expect("inside in_span");
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(every);
+                span.in_scope(|| events(k));
+                left -= k;
+            }
+        });
     }
 
     fn settle(&self) {
@@ -170,6 +201,11 @@ impl Variant {
             common::flush(guard);
         }
     }
+}
+
+thread_local! {
+    /// The request span of a `poll` variant, entered by [`Variant::events`].
+    static POLLED: std::cell::RefCell<Option<tracing::Span>> = const { std::cell::RefCell::new(None) };
 }
 
 type Totals = BTreeMap<(&'static str, &'static str), (Duration, u64)>;
@@ -191,7 +227,7 @@ fn timed_events(cpu_group: &'static str, v: &Variant, n: u64) -> Duration {
     v.in_span(|| {
         let cpu = common::this_thread_cpu_ns();
         let start = Instant::now();
-        events(n);
+        v.events(n);
         let wall = start.elapsed();
         let cpu = Duration::from_nanos(common::this_thread_cpu_ns() - cpu);
         record(cpu_group, v.name, cpu, n);
@@ -270,7 +306,7 @@ fn allocs_per_event(v: &Variant, threads: usize, warm: u64, measured: u64) -> (f
                     barrier.wait();
                     v.in_span(|| {
                         let before = thread_allocs();
-                        events(n);
+                        v.events(n);
                         let after = thread_allocs();
                         if count_it {
                             counted.0 += after.0 - before.0;
@@ -356,7 +392,7 @@ fn wakeup_report(v: &Variant, n: u64) {
     let before = ThreadStat::of(workers[0]);
     let dropped_before = guard.stats().dropped;
     let start = Instant::now();
-    tracing::dispatcher::with_default(&v.dispatch, || v.in_span(|| events(n)));
+    tracing::dispatcher::with_default(&v.dispatch, || v.in_span(|| v.events(n)));
     let busy = start.elapsed();
     let during = ThreadStat::of(workers[0]).since(before);
     let dropped = guard.stats().dropped - dropped_before;
@@ -454,7 +490,7 @@ fn paired_report(variants: &[Variant]) {
                                 let timed = || {
                                     let start = common::this_thread_cpu_ns();
                                     match variant {
-                                        Some(_) => events(n),
+                                        Some(v) => v.events(n),
                                         None => CONTROL_BUF.with(|b| cpu_only(n, &mut b.borrow_mut())),
                                     }
                                     common::this_thread_cpu_ns() - start
@@ -558,6 +594,7 @@ fn main() {
             dispatch: layer,
             second: None,
             server: None,
+            poll: None,
             guard: Some(guard),
         },
         Variant {
@@ -565,6 +602,7 @@ fn main() {
             dispatch: fmt,
             second: None,
             server: None,
+            poll: None,
             guard: None,
         },
         Variant {
@@ -572,6 +610,7 @@ fn main() {
             dispatch: common::registry_dispatch(),
             second: None,
             server: None,
+            poll: None,
             guard: None,
         },
     ];
@@ -603,7 +642,22 @@ fn main() {
         dispatch: nested,
         second: None,
         server: Some(server),
+        poll: None,
         guard: Some(nested_guard),
+    });
+    // The same spans, with the request span entered for 4 events at a time, as a task's span is
+    // at each poll.
+    let (polled, polled_guard) = common::layer_dispatch(common::builder(&emu));
+    let server = tracing::dispatcher::with_default(&polled, || {
+        tracing::info_span!("server", region = "westeurope", version = "1.4.2")
+    });
+    variants.push(Variant {
+        name: "azure_logs_polled",
+        dispatch: polled,
+        second: None,
+        server: Some(server),
+        poll: Some(4),
+        guard: Some(polled_guard),
     });
     let stalled = common::emulator();
     let (full, full_guard) = full_queue_pipeline(&stalled);
@@ -614,6 +668,7 @@ fn main() {
         dispatch: full,
         second: None,
         server: None,
+        poll: None,
         // Never settles: nothing is sent.
         guard: None,
     });
@@ -625,6 +680,7 @@ fn main() {
         dispatch: full_a,
         second: Some(full_b),
         server: None,
+        poll: None,
         guard: None,
     });
     println!("== allocations on the emitting thread, steady state ==");
@@ -681,7 +737,7 @@ fn main() {
         );
     }
     println!(
-        "emulator rows {} (both pipelines; sent {sent})",
+        "emulator rows {} (every shipping pipeline; sent {sent})",
         emu.row_count(common::STREAM)
     );
     let s = full_guard.stats();
