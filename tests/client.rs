@@ -594,6 +594,20 @@ struct FlakyOnce {
     fails: u64,
 }
 
+/// A client whose credential fails its call number `fails` (from 0).
+fn flaky_client(emu: &Emulator, fails: u64) -> (Arc<FlakyOnce>, LogsIngestionClient) {
+    let credential = Arc::new(FlakyOnce {
+        inner: emu.credential(),
+        calls: AtomicU64::new(0),
+        fails,
+    });
+    let client = LogsIngestionClient::builder(emu.endpoint(), credential.clone())
+        .retry_policy(fast_retries())
+        .build()
+        .unwrap();
+    (credential, client)
+}
+
 #[async_trait::async_trait]
 impl TokenCredential for FlakyOnce {
     async fn get_token(
@@ -641,15 +655,7 @@ async fn a_credential_that_never_answers_fails_within_the_retry_deadline() {
 async fn a_token_error_is_retried_like_any_transient_failure() {
     bounded(async {
         let emu = Emulator::start().unwrap();
-        let credential = Arc::new(FlakyOnce {
-            inner: emu.credential(),
-            calls: AtomicU64::new(0),
-            fails: 0,
-        });
-        let c = LogsIngestionClient::builder(emu.endpoint(), credential.clone())
-            .retry_policy(fast_retries())
-            .build()
-            .unwrap();
+        let (credential, c) = flaky_client(&emu, 0);
         let report = c.upload(RULE, STREAM, [json!({"a": 1})]).await.unwrap();
         assert_eq!(report.sent_rows, 1);
         assert_eq!(credential.calls.load(Ordering::SeqCst), 2);
@@ -664,15 +670,7 @@ async fn a_token_error_is_retried_like_any_transient_failure() {
 async fn a_failed_refresh_after_a_401_is_tried_again() {
     bounded(async {
         let emu = Emulator::start().unwrap();
-        let credential = Arc::new(FlakyOnce {
-            inner: emu.credential(),
-            calls: AtomicU64::new(0),
-            fails: 1,
-        });
-        let c = LogsIngestionClient::builder(emu.endpoint(), credential.clone())
-            .retry_policy(fast_retries())
-            .build()
-            .unwrap();
+        let (credential, c) = flaky_client(&emu, 1);
         c.upload(RULE, STREAM, [json!({"n": 1})]).await.unwrap();
         emu.set_token(Some("rotated-token".into()));
         let report = c.upload(RULE, STREAM, [json!({"n": 2})]).await.unwrap();

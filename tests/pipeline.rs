@@ -785,6 +785,28 @@ fn flush_under_sustained_overload_returns_once_its_rows_are_settled() {
     assert!(reports >= before.diagnostic_rows && reports > 0);
 }
 
+/// The `Spans` column of each row the emulator received, in the order of the rows' `seq` field.
+fn spans_by_seq(emu: &Emulator) -> Vec<Value> {
+    let mut rows = emu.rows(STREAM);
+    rows.sort_by_key(|r| r["Properties"]["seq"].as_u64());
+    rows.iter().map(|r| r["Spans"].clone()).collect()
+}
+
+/// `(seq, span names root first)` of each row the emulator received, sorted.
+fn span_names_by_seq(emu: &Emulator) -> Vec<(u64, Vec<String>)> {
+    let mut rows: Vec<(u64, Vec<String>)> = emu
+        .rows(STREAM)
+        .iter()
+        .map(|row| {
+            let names = row["Spans"].as_array().unwrap().iter();
+            let names = names.map(|s| s["name"].as_str().unwrap().to_owned()).collect();
+            (row["Properties"]["seq"].as_u64().unwrap(), names)
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// The spans of each event are those the registry itself names for it (`Context::event_span`
 /// and its scope, read by a reference layer in the same subscriber under the same per-layer
 /// filter), across the cases the layer's own span stack must get right: nesting, a span entered
@@ -900,17 +922,7 @@ fn spans_of_each_event_are_what_the_registry_says() {
 
     let mut expected = seen.lock().unwrap().clone();
     expected.sort();
-    let mut shipped: Vec<(u64, Vec<String>)> = emu
-        .rows(STREAM)
-        .iter()
-        .map(|row| {
-            let names = row["Spans"].as_array().unwrap().iter();
-            let names = names.map(|s| s["name"].as_str().unwrap().to_owned()).collect();
-            (row["Properties"]["seq"].as_u64().unwrap(), names)
-        })
-        .collect();
-    shipped.sort();
-    assert_eq!(shipped, expected);
+    assert_eq!(span_names_by_seq(&emu), expected);
     // The cases were the intended ones (the registry's view of them, spelled out).
     let names = |seq: u64| expected.iter().find(|(s, _)| *s == seq).unwrap().1.join(">");
     assert_eq!(
@@ -955,9 +967,7 @@ fn recorded_span_fields_show_in_the_next_event_on_every_thread() {
         recorded_tx.send(()).unwrap();
     });
     assert!(guard.flush_timeout(WAIT).completed);
-    let mut rows = emu.rows(STREAM);
-    rows.sort_by_key(|r| r["Properties"]["seq"].as_u64());
-    let spans: Vec<Value> = rows.iter().map(|r| r["Spans"].clone()).collect();
+    let spans = spans_by_seq(&emu);
     let scope = |phase: &str, user: Option<&str>| {
         let request = match user {
             Some(user) => json!({"name": "request", "fields": {"user": user}}),
@@ -997,19 +1007,9 @@ fn a_reloaded_layer_names_the_spans_entered_before_it() {
         tracing::info!(seq = 4u64, "outside");
     });
     assert!(guard.flush_timeout(WAIT).completed);
-    let mut rows: Vec<(u64, Vec<String>)> = emu
-        .rows(STREAM)
-        .iter()
-        .map(|row| {
-            let names = row["Spans"].as_array().unwrap().iter();
-            let names = names.map(|s| s["name"].as_str().unwrap().to_owned()).collect();
-            (row["Properties"]["seq"].as_u64().unwrap(), names)
-        })
-        .collect();
-    rows.sort();
     let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
-        rows,
+        span_names_by_seq(&emu),
         [
             (1, names(&["server"])),
             (2, names(&["server"])),
@@ -1063,9 +1063,7 @@ fn spans_entered_again_or_reusing_an_id_show_their_current_fields() {
         next.in_scope(|| tracing::info!(seq = 4u64, "a new span in the closed one's slot"));
     });
     assert!(guard.flush_timeout(WAIT).completed);
-    let mut rows = emu.rows(STREAM);
-    rows.sort_by_key(|r| r["Properties"]["seq"].as_u64());
-    let spans: Vec<Value> = rows.iter().map(|r| r["Spans"].clone()).collect();
+    let spans = spans_by_seq(&emu);
     let span = |name: &str, step: u64| json!([{"name": name, "fields": {"step": step}}]);
     assert_eq!(
         spans,
