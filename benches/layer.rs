@@ -584,6 +584,23 @@ fn full_queue_pipeline(stalled: &Emulator) -> (Dispatch, AzureLogsGuard) {
     )
 }
 
+/// A pipeline of its own whose request spans are children of a `server` span, entered `poll`
+/// events at a time (or once).
+fn nested_variant(emu: &Emulator, name: &'static str, poll: Option<u64>) -> Variant {
+    let (dispatch, guard) = common::layer_dispatch(common::builder(emu));
+    let server = tracing::dispatcher::with_default(&dispatch, || {
+        tracing::info_span!("server", region = "westeurope", version = "1.4.2")
+    });
+    Variant {
+        name,
+        dispatch,
+        second: None,
+        server: Some(server),
+        poll,
+        guard: Some(guard),
+    }
+}
+
 fn main() {
     let emu = common::emulator();
     let (layer, guard) = common::layer_dispatch(common::builder(&emu));
@@ -632,33 +649,10 @@ fn main() {
     // Before the second pipeline starts: it tells the worker thread by its name.
     wakeup_report(&variants[0], 50_000);
     // Request spans under a server span that both threads share: each event's scope has two
-    // spans, and the outer one is the same on every thread.
-    let (nested, nested_guard) = common::layer_dispatch(common::builder(&emu));
-    let server = tracing::dispatcher::with_default(&nested, || {
-        tracing::info_span!("server", region = "westeurope", version = "1.4.2")
-    });
-    variants.push(Variant {
-        name: "azure_logs_nested",
-        dispatch: nested,
-        second: None,
-        server: Some(server),
-        poll: None,
-        guard: Some(nested_guard),
-    });
-    // The same spans, with the request span entered for 4 events at a time, as a task's span is
-    // at each poll.
-    let (polled, polled_guard) = common::layer_dispatch(common::builder(&emu));
-    let server = tracing::dispatcher::with_default(&polled, || {
-        tracing::info_span!("server", region = "westeurope", version = "1.4.2")
-    });
-    variants.push(Variant {
-        name: "azure_logs_polled",
-        dispatch: polled,
-        second: None,
-        server: Some(server),
-        poll: Some(4),
-        guard: Some(polled_guard),
-    });
+    // spans, and the outer one is the same on every thread. Then the same, with the request span
+    // entered for 4 events at a time, as a task's span is at each poll.
+    variants.push(nested_variant(&emu, "azure_logs_nested", None));
+    variants.push(nested_variant(&emu, "azure_logs_polled", Some(4)));
     let stalled = common::emulator();
     let (full, full_guard) = full_queue_pipeline(&stalled);
     let (full_a, full_guard_a) = full_queue_pipeline(&stalled);

@@ -139,14 +139,18 @@ pub(crate) fn next_layer_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Changes this thread's stack; when it is borrowed (see [`Local::lost`]), marks it lost.
+fn change(f: impl FnOnce(&mut Stack)) {
+    let _ = LOCAL.try_with(|local| match local.stack.try_borrow_mut() {
+        Ok(mut stack) => f(&mut stack),
+        Err(_) => local.lost.set(true),
+    });
+}
+
 /// `span` was entered on this thread.
 pub(crate) fn enter(layer: u64, span: &Id) {
     let span = span.into_u64();
-    let _ = LOCAL.try_with(|local| {
-        let Ok(mut stack) = local.stack.try_borrow_mut() else {
-            local.lost.set(true);
-            return;
-        };
+    change(|stack| {
         let duplicate = stack.entered.iter().any(|e| e.layer == layer && e.span == span);
         let scope = if duplicate {
             stack.spare.pop().unwrap_or_default()
@@ -165,11 +169,7 @@ pub(crate) fn enter(layer: u64, span: &Id) {
 /// `span` was exited on this thread.
 pub(crate) fn exit(layer: u64, span: &Id) {
     let span = span.into_u64();
-    let _ = LOCAL.try_with(|local| {
-        let Ok(mut stack) = local.stack.try_borrow_mut() else {
-            local.lost.set(true);
-            return;
-        };
+    change(|stack| {
         if let Some(at) = stack.entered.iter().rposition(|e| e.layer == layer && e.span == span) {
             let scope = stack.entered.remove(at).scope;
             stack.keep(layer, span, scope);
