@@ -169,10 +169,7 @@ impl Variant {
         if self.poll.is_none() {
             return common::in_request_span_under(self.server.as_ref(), f);
         }
-        let span = match &self.server {
-            Some(server) => tracing::info_span!(parent: server, "request", method = "GET", request_id = 7u64),
-            None => tracing::info_span!("request", method = "GET", request_id = 7u64),
-        };
+        let span = common::request_span(self.server.as_ref());
         POLLED.with(|p| *p.borrow_mut() = Some(span));
         let out = f();
         POLLED.with(|p| p.borrow_mut().take());

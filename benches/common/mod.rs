@@ -24,12 +24,18 @@ pub fn in_request_span<R>(f: impl FnOnce() -> R) -> R {
 /// other threads' request spans share, as a server's or a task's span is).
 #[inline(never)]
 pub fn in_request_span_under<R>(parent: Option<&tracing::Span>, f: impl FnOnce() -> R) -> R {
-    let span = match parent {
-        Some(parent) => tracing::info_span!(parent: parent, "request", method = "GET", request_id = 7u64),
-        None => tracing::info_span!("request", method = "GET", request_id = 7u64),
-    };
+    let span = request_span(parent);
     let _entered = span.enter();
     f()
+}
+
+/// The issue's `info_span!("request", method = "GET", request_id = 7u64)`, a child of `parent`
+/// when given (else of the current span), not entered.
+pub fn request_span(parent: Option<&tracing::Span>) -> tracing::Span {
+    match parent {
+        Some(parent) => tracing::info_span!(parent: parent, "request", method = "GET", request_id = 7u64),
+        None => tracing::info_span!("request", method = "GET", request_id = 7u64),
+    }
 }
 
 /// Emits the event `n` times (call it inside [`in_request_span`]).
