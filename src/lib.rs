@@ -61,6 +61,7 @@ mod route;
 pub mod row;
 mod span_stack;
 pub mod table;
+mod thread_role;
 
 pub use client::{Audience, LogsIngestionClient, RetryPolicy, UploadError, UploadReport};
 pub use config::{

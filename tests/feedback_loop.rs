@@ -1,7 +1,7 @@
 //! With everything at TRACE and the layer installed globally (plus the `log` bridge), the HTTP
 //! stack's own events during uploads and token fetches (reqwest, hyper, azure_core's pipeline,
 //! azure_identity; rustls too, when its `log` output is compiled in) never reach the emulator:
-//! only what the application emitted. Checked to fail with the protections disabled.
+//! only what the application emitted. The same holds for the runtime thread of `upload_blocking`. Checked to fail with the protections disabled.
 //! One test per binary, since it installs global state.
 #![cfg(feature = "emulator")]
 
@@ -28,6 +28,13 @@ fn trace_level_http_stack_events_never_reach_the_emulator() {
         .max_delay(Duration::from_millis(20))
         .build()
         .unwrap();
+    // Built on this (the application's) thread before the subscriber: building an HTTP client logs.
+    let direct_http = entra.entra.http_client();
+    let direct = entra.entra.client_secret_credential(&direct_http, "loop-secret");
+    let client = tracing_azure_logs::LogsIngestionClient::builder(emu.endpoint(), direct)
+        .http_client(direct_http)
+        .build()
+        .unwrap();
     let subscriber = tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::new("trace"))
         .with(layer);
@@ -42,8 +49,15 @@ fn trace_level_http_stack_events_never_reach_the_emulator() {
             assert!(guard.flush_timeout(Duration::from_secs(20)).completed);
         }
     }
+    // The runtime of `upload_blocking` logs too (reqwest, hyper): none of it is shipped.
+    for i in 0..5 {
+        client
+            .upload_blocking("dcr-loop", "Custom-Direct_CL", [serde_json::json!({"i": i})])
+            .unwrap();
+    }
     let report = guard.flush_timeout(Duration::from_secs(20));
     assert!(report.completed);
+    assert_eq!(emu.rows("Custom-Direct_CL").len(), 5);
     assert!(emu.stats().accepted_requests >= 10, "{:?}", emu.stats());
 
     let rows = emu.rows("Custom-Loop_CL");
@@ -58,7 +72,7 @@ fn trace_level_http_stack_events_never_reach_the_emulator() {
     assert_eq!(report.stats.sent, 210);
     assert_eq!(
         entra.entra.requests.lock().unwrap().len(),
-        1,
-        "the token came from the fake Entra endpoint"
+        2,
+        "the tokens came from the fake Entra endpoint (one per credential)"
     );
 }

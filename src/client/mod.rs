@@ -926,6 +926,8 @@ where
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("tracing-azure-logs-blocking")
+            // Its HTTP stack's events are not rows to ship: see `thread_role`.
+            .on_thread_start(crate::thread_role::mark_worker_thread)
             .enable_all()
             .build()
             .expect("building a tokio runtime only fails when the OS refuses a thread")

@@ -344,7 +344,7 @@ impl Queue {
     /// HTTP stack's events and records there never re-enter the pipeline. Not after shutdown: the
     /// row is counted as dropped.
     pub(crate) fn admit(&self) -> bool {
-        if super::worker::in_worker() {
+        if crate::thread_role::is_pipeline_worker() {
             return false;
         }
         if self.is_closed() {
@@ -432,7 +432,7 @@ impl Queue {
             let FullPolicy::Block(wait) = self.policy else {
                 break false;
             };
-            if super::worker::in_worker() {
+            if crate::thread_role::is_pipeline_worker() {
                 break false;
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
@@ -1062,7 +1062,7 @@ mod tests {
         let q = Arc::new(Queue::new(1, 1 << 20, FullPolicy::Block(Duration::from_secs(30))));
         assert!(push(&q, b"{}"));
         std::thread::spawn(move || {
-            super::super::worker::mark_worker_thread_for_test();
+            crate::thread_role::mark_worker_thread();
             let started = Instant::now();
             assert!(!push(&q, b"{}"));
             assert!(started.elapsed() < Duration::from_secs(1));

@@ -1,5 +1,5 @@
-//! The background worker: one thread with a current-thread tokio runtime, under a subscriber that
-//! records nothing (so the HTTP stack's own events never re-enter the pipeline).
+//! The background worker: one thread with a current-thread tokio runtime, marked as the crate's
+//! own (`thread_role`), so the HTTP stack's own events never re-enter the pipeline.
 //!
 //! Every tick it drains the queue into one batch builder per stream, closes batches on size, on
 //! age (`max_delay`) and on flush, and keeps up to `max_concurrency` uploads in flight. It never
@@ -7,7 +7,6 @@
 //! behind, rows stay in the bounded queue (which then drops and counts), so there is no unbounded
 //! second buffer.
 
-use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -33,20 +32,6 @@ const TICK: Duration = Duration::from_millis(5);
 const DRAIN_PER_TICK: usize = 50_000;
 /// Row ids at or above this mark the worker's own diagnostic rows.
 const DIAGNOSTIC_ID: usize = 1 << 62;
-
-thread_local! {
-    static IN_WORKER: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the current thread is a pipeline worker (whose events must not be shipped).
-pub(crate) fn in_worker() -> bool {
-    IN_WORKER.with(Cell::get)
-}
-
-#[cfg(test)]
-pub(crate) fn mark_worker_thread_for_test() {
-    IN_WORKER.with(|w| w.set(true));
-}
 
 /// Messages from the guard and from handles.
 pub(crate) enum Control {
@@ -178,8 +163,8 @@ impl Worker {
     }
 
     fn run_on_this_thread(self, control: Receiver<Control>) {
-        IN_WORKER.with(|w| w.set(true));
-        let _silent = tracing::subscriber::set_default(Silent);
+        // Producers skip rows made on this thread (the HTTP stack's events): see `thread_role`.
+        let _role = crate::thread_role::enter_worker();
         let queue = self.queue.clone();
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
@@ -612,26 +597,4 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("no message")
-}
-
-/// A subscriber that records nothing, installed on the worker thread. Unlike
-/// `tracing::subscriber::NoSubscriber`, it answers `Interest::sometimes`, so that registering a
-/// callsite from this thread never caches "never" for the application's threads.
-struct Silent;
-
-impl tracing::Subscriber for Silent {
-    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::sometimes()
-    }
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        false
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, _: &tracing::Event<'_>) {}
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
 }
