@@ -83,7 +83,7 @@ pub fn credential_from_env() -> Result<Arc<dyn TokenCredential>, ConfigError> {
 pub fn credential_from_env_with(http: &reqwest::Client) -> Result<Arc<dyn TokenCredential>, ConfigError> {
     let var = crate::config::env_var;
     let mut tried = Vec::new();
-    let fail = |what: &str, e: azure_core::Error| ConfigError::Credential(format!("{what}: {e}"));
+    let http = http.clone();
 
     match (
         var("AZURE_TENANT_ID"),
@@ -91,25 +91,19 @@ pub fn credential_from_env_with(http: &reqwest::Client) -> Result<Arc<dyn TokenC
         var("AZURE_CLIENT_SECRET"),
     ) {
         (Some(tenant), Some(client_id), Some(secret)) => {
-            let credential = ClientSecretCredential::new(
-                &tenant,
-                client_id,
-                Secret::new(secret),
-                Some(ClientSecretCredentialOptions {
-                    client_options: credential_client_options(http),
-                }),
-            )
-            .map_err(|e| {
-                fail(
-                    "client secret credential from AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET",
-                    e,
-                )
-            })?;
-            return Ok(EnvCredential::wrap(
-                credential,
+            let secret = Secret::new(secret);
+            return EnvCredential::build(
+                "client secret credential from AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET",
                 "client secret (AZURE_CLIENT_SECRET)",
                 tried,
-            ));
+                move || {
+                    let options = ClientSecretCredentialOptions {
+                        client_options: credential_client_options(&http),
+                    };
+                    let built = ClientSecretCredential::new(&tenant, client_id.clone(), secret.clone(), Some(options))?;
+                    Ok(built as Arc<dyn TokenCredential>)
+                },
+            );
         }
         (tenant, client, secret) => tried.push(format!(
             "client secret: not used, missing {}",
@@ -123,54 +117,146 @@ pub fn credential_from_env_with(http: &reqwest::Client) -> Result<Arc<dyn TokenC
     }
 
     if var("AZURE_FEDERATED_TOKEN_FILE").is_some() {
-        let mut options = WorkloadIdentityCredentialOptions::default();
-        options.credential_options.client_options = credential_client_options(http);
-        let credential = WorkloadIdentityCredential::new(Some(options))
-            .map_err(|e| fail("workload identity credential from AZURE_FEDERATED_TOKEN_FILE", e))?;
-        return Ok(EnvCredential::wrap(
-            credential,
+        return EnvCredential::build(
+            "workload identity credential from AZURE_FEDERATED_TOKEN_FILE",
             "workload identity (AZURE_FEDERATED_TOKEN_FILE)",
             tried,
-        ));
+            move || {
+                let mut options = WorkloadIdentityCredentialOptions::default();
+                options.credential_options.client_options = credential_client_options(&http);
+                Ok(WorkloadIdentityCredential::new(Some(options))? as Arc<dyn TokenCredential>)
+            },
+        );
     }
     tried.push("workload identity: not used, AZURE_FEDERATED_TOKEN_FILE is not set".into());
 
     let forced = var("AZURE_USE_MANAGED_IDENTITY").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     if forced || var("IDENTITY_ENDPOINT").is_some() || var("MSI_ENDPOINT").is_some() {
-        let credential = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
-            user_assigned_id: var("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
-            client_options: credential_client_options(http),
-        }))
-        .map_err(|e| fail("managed identity credential", e))?;
-        return Ok(EnvCredential::wrap(credential, "managed identity", tried));
+        let client_id = var("AZURE_CLIENT_ID");
+        return EnvCredential::build("managed identity credential", "managed identity", tried, move || {
+            let options = ManagedIdentityCredentialOptions {
+                user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
+                client_options: credential_client_options(&http),
+            };
+            Ok(ManagedIdentityCredential::new(Some(options))? as Arc<dyn TokenCredential>)
+        });
     }
     tried.push(
         "managed identity: not used, none of IDENTITY_ENDPOINT, MSI_ENDPOINT, AZURE_USE_MANAGED_IDENTITY=true is set"
             .into(),
     );
 
-    let credential = DeveloperToolsCredential::new(None).map_err(|e| fail("developer tools credential", e))?;
-    Ok(EnvCredential::wrap(
-        credential,
+    EnvCredential::build(
+        "developer tools credential",
         "developer tools (Azure CLI, Azure Developer CLI)",
         tried,
-    ))
+        || Ok(DeveloperToolsCredential::new(None)? as Arc<dyn TokenCredential>),
+    )
+}
+
+/// Marks a token request made because the service refused the previous token with 401.
+///
+/// The crate puts it in the request's context (`TokenRequestOptions::method_options.context`,
+/// read with `context.value::<FreshToken>()`) when it asks for a token after a 401. A credential
+/// should then not answer from its cache.
+///
+/// Pitfall: azure_identity 1.x credentials cannot be told so. They ignore the options and answer
+/// from their own cache until five minutes before the token expires, so after the service
+/// invalidates a token (a revoked role, a changed audience) they keep handing out the same one
+/// and every upload fails with 401 until then. Credentials from [`credential_from_env`] and
+/// [`RenewingCredential`] honour the marker: they build a new credential (with an empty cache) and
+/// ask it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FreshToken;
+
+type BuildCredential = dyn Fn() -> azure_core::Result<Arc<dyn TokenCredential>> + Send + Sync;
+
+/// A credential that can start over: on a request marked [`FreshToken`] (after a 401) it builds a
+/// new credential from its factory and uses that one from then on, so a token cached inside the
+/// old credential is not handed out again.
+///
+/// Wrap azure_identity credentials in it when you build them yourself:
+///
+/// ```no_run
+/// # fn main() -> azure_core::Result<()> {
+/// use std::sync::Arc;
+/// use azure_core::credentials::TokenCredential;
+/// use tracing_azure_logs::client::RenewingCredential;
+///
+/// let credential = RenewingCredential::new(|| {
+///     Ok(azure_identity::ManagedIdentityCredential::new(None)? as Arc<dyn TokenCredential>)
+/// })?;
+/// # Ok(()) }
+/// ```
+pub struct RenewingCredential {
+    build: Box<BuildCredential>,
+    current: RwLock<Arc<dyn TokenCredential>>,
+}
+
+impl RenewingCredential {
+    /// Builds the first credential with `build`; fails as `build` does.
+    pub fn new(
+        build: impl Fn() -> azure_core::Result<Arc<dyn TokenCredential>> + Send + Sync + 'static,
+    ) -> azure_core::Result<Arc<Self>> {
+        let current = RwLock::new(build()?);
+        Ok(Arc::new(RenewingCredential {
+            build: Box::new(build),
+            current,
+        }))
+    }
+
+    fn current(&self) -> Arc<dyn TokenCredential> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl fmt::Debug for RenewingCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RenewingCredential")
+            .field("current", &self.current())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for RenewingCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        let fresh = options
+            .as_ref()
+            .is_some_and(|o| o.method_options.context.value::<FreshToken>().is_some());
+        let credential = if fresh {
+            let renewed = (self.build)()?;
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = renewed.clone();
+            renewed
+        } else {
+            self.current()
+        };
+        credential.get_token(scopes, options).await
+    }
 }
 
 /// A credential chosen from the environment; its errors say what was chosen and what was not.
+/// It renews itself after a 401 ([`FreshToken`]).
 struct EnvCredential {
-    inner: Arc<dyn TokenCredential>,
+    inner: Arc<RenewingCredential>,
     chosen: &'static str,
     tried: Vec<String>,
 }
 
 impl EnvCredential {
-    fn wrap<C: TokenCredential + 'static>(
-        inner: Arc<C>,
+    fn build(
+        what: &str,
         chosen: &'static str,
         tried: Vec<String>,
-    ) -> Arc<dyn TokenCredential> {
-        Arc::new(EnvCredential { inner, chosen, tried })
+        build: impl Fn() -> azure_core::Result<Arc<dyn TokenCredential>> + Send + Sync + 'static,
+    ) -> Result<Arc<dyn TokenCredential>, ConfigError> {
+        let inner = RenewingCredential::new(build).map_err(|e| ConfigError::Credential(format!("{what}: {e}")))?;
+        Ok(Arc::new(EnvCredential { inner, chosen, tried }))
     }
 }
 
@@ -268,10 +354,11 @@ impl TokenCache {
             return Ok(token);
         }
         self.shared_failure(seen)?;
-        self.fetch().await
+        self.fetch(false).await
     }
 
-    /// After a 401 with `rejected`: fetch a new token, unless another upload already did.
+    /// After a 401 with `rejected`: fetch a new token (marked [`FreshToken`]), unless another
+    /// upload already did.
     pub(crate) async fn replace(&self, rejected: &Arc<CachedToken>) -> Result<Arc<CachedToken>, FailureReason> {
         let seen = self.last_fetch();
         let _one_fetch = self.fetch_lock.lock().await;
@@ -281,7 +368,7 @@ impl TokenCache {
             return Ok(token);
         }
         self.shared_failure(seen)?;
-        self.fetch().await
+        self.fetch(true).await
     }
 
     fn fresh(&self) -> Option<Arc<CachedToken>> {
@@ -301,9 +388,15 @@ impl TokenCache {
         }
     }
 
-    async fn fetch(&self) -> Result<Arc<CachedToken>, FailureReason> {
+    /// Asks the credential; `after_401` marks the request [`FreshToken`].
+    async fn fetch(&self, after_401: bool) -> Result<Arc<CachedToken>, FailureReason> {
         let number = self.fetches.fetch_add(1, Ordering::Relaxed) + 1;
-        let result = self.credential.get_token(&[&self.scope], None).await;
+        let options = after_401.then(|| TokenRequestOptions {
+            method_options: azure_core::http::ClientMethodOptions {
+                context: azure_core::http::Context::new().with_value(FreshToken),
+            },
+        });
+        let result = self.credential.get_token(&[&self.scope], options).await;
         let mut last = self.last.write().unwrap_or_else(|e| e.into_inner());
         // A token that cannot be a header value fails like a credential error.
         let result = result.map_err(|e| e.to_string()).and_then(|access| {

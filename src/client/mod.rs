@@ -42,7 +42,8 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use serde::Serialize;
 
 pub use auth::{
-    Audience, StaticTokenCredential, credential_client_options, credential_from_env, credential_from_env_with,
+    Audience, FreshToken, RenewingCredential, StaticTokenCredential, credential_client_options, credential_from_env,
+    credential_from_env_with,
 };
 pub use batch::MAX_BODY_BYTES;
 pub use error::{ConfigError, FailedBatch, FailureReason, UploadError};
@@ -816,8 +817,10 @@ async fn rejection(status: u16, response: reqwest::Response) -> FailureReason {
     let (code, message) = error_body(response).await;
     let hint = match status {
         401 => {
-            "the token was refused even after a refresh: check that the audience matches the endpoint's cloud \
-             (public monitor.azure.com, US Government .us, China .cn) and that the credential is for the right tenant"
+            "the token was refused, and so was the one the credential gave when asked again: check that the audience \
+             matches the endpoint's cloud (public monitor.azure.com, US Government .us, China .cn) and that the \
+             credential is for the right tenant; azure_identity credentials answer from their own cache until 5 minutes \
+             before expiry, so wrap yours in RenewingCredential (credential_from_env does) to get a new token after a 401"
         }
         403 => {
             "the identity lacks permission: grant it the 'Monitoring Metrics Publisher' role on the data collection rule \

@@ -84,6 +84,11 @@ impl Drop for FakeEntra {
 
 /// Serves `POST /{tenant}/oauth2/v2.0/token` over TLS on 127.0.0.1, answering `token`.
 pub async fn fake_entra(token: &'static str) -> FakeEntra {
+    fake_entra_tokens(vec![token]).await
+}
+
+/// Like [`fake_entra`], answering the n-th token request with `tokens[n]` (the last one after).
+pub async fn fake_entra_tokens(tokens: Vec<&'static str>) -> FakeEntra {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -116,6 +121,7 @@ pub async fn fake_entra(token: &'static str) -> FakeEntra {
             };
             let acceptor = acceptor.clone();
             let seen = seen.clone();
+            let tokens = tokens.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -146,7 +152,11 @@ pub async fn fake_entra(token: &'static str) -> FakeEntra {
                         }
                     }
                 }
-                seen.lock().unwrap().push(String::from_utf8_lossy(&buf).to_string());
+                let token = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(String::from_utf8_lossy(&buf).to_string());
+                    tokens[(seen.len() - 1).min(tokens.len() - 1)]
+                };
                 let body =
                     json!({"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": token})
                         .to_string();
@@ -170,27 +180,42 @@ pub async fn fake_entra(token: &'static str) -> FakeEntra {
 impl FakeEntra {
     /// A reqwest client that trusts the fake's CA (and follows no redirects).
     pub fn http_client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .tls_certs_merge([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
+        trusting(&self.ca_pem)
     }
 
     /// A real `ClientSecretCredential` whose authority is this fake, over `http`.
     pub fn client_secret_credential(&self, http: &reqwest::Client, secret: &str) -> Arc<dyn TokenCredential> {
-        let mut cloud = CustomConfiguration::default();
-        cloud.authority_host = self.authority.clone();
-        let mut client_options = credential_client_options(http);
-        client_options.cloud = Some(Arc::new(CloudConfiguration::Custom(cloud)));
-        ClientSecretCredential::new(
-            TENANT,
-            "my-client-id".into(),
-            Secret::new(secret.to_owned()),
-            Some(ClientSecretCredentialOptions { client_options }),
-        )
-        .unwrap()
+        secret_credential(&self.authority, http, secret)
     }
+}
+
+/// A new `ClientSecretCredential` (its own empty token cache and HTTP client) for the fake Entra
+/// at `authority`, trusting `ca_pem`.
+pub fn client_secret_credential_at(authority: &str, ca_pem: &str, secret: &str) -> Arc<dyn TokenCredential> {
+    secret_credential(authority, &trusting(ca_pem), secret)
+}
+
+/// A reqwest client that trusts `ca_pem` (and follows no redirects).
+fn trusting(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_merge([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn secret_credential(authority: &str, http: &reqwest::Client, secret: &str) -> Arc<dyn TokenCredential> {
+    let mut cloud = CustomConfiguration::default();
+    cloud.authority_host = authority.to_owned();
+    let mut client_options = credential_client_options(http);
+    client_options.cloud = Some(Arc::new(CloudConfiguration::Custom(cloud)));
+    ClientSecretCredential::new(
+        TENANT,
+        "my-client-id".into(),
+        Secret::new(secret.to_owned()),
+        Some(ClientSecretCredentialOptions { client_options }),
+    )
+    .unwrap()
 }
 
 /// A [`FakeEntra`] served from its own thread and runtime, under a subscriber that records nothing
