@@ -312,6 +312,45 @@ async fn transient_faults_end_with_every_row_accepted() {
 }
 
 #[tokio::test]
+async fn by_default_retries_go_on_until_the_deadline_not_a_count() {
+    bounded(async {
+        let emu = Emulator::start().unwrap();
+        // More failures in a row than the old default of 5 attempts allowed.
+        emu.inject(Fault::Status(503), 12);
+        let policy = RetryPolicy::default()
+            .with_base_delay(Duration::from_millis(5))
+            .with_max_delay(Duration::from_millis(20));
+        let c = emu.client().retry_policy(policy).build().unwrap();
+        let report = c.upload(RULE, STREAM, [json!({"a": 1})]).await.unwrap();
+        assert_eq!((report.requests, report.retries), (13, 12));
+        assert_eq!(emu.rows(STREAM), vec![json!({"a": 1})]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_zero_retry_after_does_not_shorten_the_backoff() {
+    bounded(async {
+        let emu = Emulator::start().unwrap();
+        emu.inject(Fault::Throttle { retry_after_secs: 0 }, 4);
+        let policy = RetryPolicy::default()
+            .with_base_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(1));
+        let c = emu.client().retry_policy(policy).build().unwrap();
+        c.upload(RULE, STREAM, [json!({"a": 1})]).await.unwrap();
+        let log = emu.requests();
+        assert_eq!(log.len(), 5);
+        // Waits of at least 80, 160, 320 and 640 ms (the backoff less its jitter), not zero.
+        for (retry, pair) in log.windows(2).enumerate() {
+            let gap = pair[1].started.duration_since(pair[0].started);
+            let least = Duration::from_millis(80 << retry);
+            assert!(gap >= least, "retry {}: {gap:?} < {least:?}", retry + 1);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn retries_stop_at_max_attempts() {
     bounded(async {
         let emu = Emulator::start().unwrap();

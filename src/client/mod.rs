@@ -698,7 +698,7 @@ impl LogsIngestionClient {
                 Failed::Http { wait, .. } => *wait,
                 Failed::Token(_) => None,
             };
-            let delay = wait.unwrap_or_else(|| inner.retry.backoff(tries));
+            let delay = inner.retry.wait_before(tries, wait);
             let remaining = inner.retry.deadline.saturating_sub(started.elapsed());
             if tries >= inner.retry.max_attempts || delay >= remaining {
                 let note = (tries < inner.retry.max_attempts)

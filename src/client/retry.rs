@@ -7,18 +7,25 @@ use reqwest::header::HeaderMap;
 /// How failed requests are retried.
 ///
 /// Retried: HTTP 408, 429, 500, 502, 503, 504, request timeouts and connection errors. Never
-/// retried: 400, 403, 404, 413 and other client errors. A 401 fetches a fresh token once and
-/// retries. Waits grow exponentially from `base_delay` (with ±20% jitter) up to `max_delay`; a
-/// `Retry-After` (seconds or HTTP date) or `retry-after-ms` header from the service replaces the
-/// computed wait. Nothing waits past `deadline`, counted from a batch's first attempt: when the
-/// service asks for a wait that would end after it, the batch fails at once.
+/// retried: 400, 403, 404, 413 and other client errors. A 401 asks the credential for a new token
+/// once and retries (see [`FreshToken`](super::FreshToken) for what that gets from
+/// azure_identity's caching credentials).
+///
+/// By default a batch is retried until its `deadline` (2 minutes from its first attempt), with no
+/// limit on the number of attempts: an outage of a minute or so loses nothing. Waits grow
+/// exponentially from `base_delay` (with ±20% jitter) up to `max_delay` (30 s). A `Retry-After`
+/// (seconds or HTTP date) or `retry-after-ms` header that asks for a longer wait is honoured; one
+/// that asks for less (`0`, a date in the past through clock skew) does not shorten the computed
+/// wait. When the next wait would end after the deadline, the batch fails at once.
+/// `max_attempts` is an extra, explicit limit.
 ///
 /// Delivery is at-least-once: a request that timed out after the service stored its rows is sent
 /// again, and the service does not deduplicate.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
-    /// Attempts per batch, the first included (1 = no retries). Default 5.
+    /// Attempts per batch, the first included (1 = no retries). Default `u32::MAX`: no limit but
+    /// the deadline.
     pub max_attempts: u32,
     /// Wait before the first retry. Default 500 ms.
     pub base_delay: Duration,
@@ -31,7 +38,7 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 5,
+            max_attempts: u32::MAX,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
             deadline: Duration::from_secs(120),
@@ -77,6 +84,14 @@ impl RetryPolicy {
         let exp = self.base_delay.saturating_mul(1u32 << retry.saturating_sub(1).min(20));
         let capped = exp.min(self.max_delay);
         capped.mul_f64(0.8 + 0.4 * fastrand::f64())
+    }
+
+    /// The wait before retry number `retry`, given what the service asked for: never shorter
+    /// than the computed backoff (a `Retry-After: 0` or a past date must not turn retries into a
+    /// busy loop), longer when the service asks for longer.
+    pub(crate) fn wait_before(&self, retry: u32, asked: Option<Duration>) -> Duration {
+        let backoff = self.backoff(retry);
+        asked.map_or(backoff, |asked| asked.max(backoff))
     }
 }
 
@@ -183,6 +198,30 @@ mod tests {
         assert!(third >= Duration::from_millis(320) && third <= Duration::from_millis(480));
         let tenth = p.backoff(10);
         assert!(tenth <= Duration::from_millis(840));
+    }
+
+    #[test]
+    fn a_zero_or_short_retry_after_does_not_shorten_the_backoff() {
+        let p = RetryPolicy::default().with_base_delay(Duration::from_millis(400));
+        for asked in [Some(Duration::ZERO), Some(Duration::from_millis(1)), None] {
+            let wait = p.wait_before(1, asked);
+            assert!(wait >= Duration::from_millis(320), "{asked:?} gave {wait:?}");
+        }
+        assert_eq!(p.wait_before(1, Some(Duration::from_secs(7))), Duration::from_secs(7));
+        let mut past = HeaderMap::new();
+        let then = SystemTime::now() - Duration::from_secs(60);
+        past.insert(
+            "retry-after",
+            reqwest::header::HeaderValue::from_str(&httpdate::fmt_http_date(then)).unwrap(),
+        );
+        assert!(p.wait_before(1, retry_after(&past)) >= Duration::from_millis(320));
+    }
+
+    #[test]
+    fn by_default_only_the_deadline_bounds_retries() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.max_attempts, u32::MAX);
+        assert_eq!(p.deadline, Duration::from_secs(120));
     }
 
     #[test]
