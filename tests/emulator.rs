@@ -468,8 +468,59 @@ async fn uncompressed_size_cap_is_opt_in_and_decompressed_cap_applies() {
     let capped = Emulator::builder().max_decompressed_bytes(1_000_000).start().unwrap();
     let resp = post(&capped, gz, true).await;
     assert_eq!(expect_error(resp, 413).await.0, "PayloadSizeLimitExceeded");
-    let exact = array_of_len(1_000_000);
+    // The cap holds the decoded text plus 16 bytes per row: one row of 999,984 bytes is exactly
+    // at it, one byte more is over.
+    let exact = array_of_len(1_000_000 - 16);
     assert_eq!(post(&capped, gzip(&exact), true).await.status().as_u16(), 204);
+    let over = array_of_len(1_000_000 - 15);
+    let resp = post(&capped, gzip(&over), true).await;
+    assert_eq!(expect_error(resp, 413).await.0, "PayloadSizeLimitExceeded");
+}
+
+#[tokio::test]
+async fn many_tiny_rows_count_against_the_decoding_cap() {
+    let _limit = common::time_limit();
+    let emu = Emulator::builder().max_decompressed_bytes(1_000_000).start().unwrap();
+    // 300,000 rows in 900 KB of text: under the cap as text, but 4.8 MB of rows to hold.
+    let bomb = format!("[{}{{}}]", "{},".repeat(299_999));
+    assert!(bomb.len() < 1_000_000);
+    let resp = post(&emu, gzip(bomb.as_bytes()), true).await;
+    let (code, message) = expect_error(resp, 413).await;
+    assert_eq!(code, "PayloadSizeLimitExceeded");
+    assert!(message.contains("16 bytes each"), "{message}");
+    assert_eq!(emu.row_count(STREAM), 0, "nothing of it was stored");
+    // 10,000 such rows fit: 30 KB of text and 160 KB of rows.
+    let fits = format!("[{}{{}}]", "{},".repeat(9_999));
+    assert_eq!(post(&emu, gzip(fits.as_bytes()), true).await.status().as_u16(), 204);
+    assert_eq!(emu.row_count(STREAM), 10_000);
+}
+
+#[tokio::test]
+async fn a_hung_request_is_never_answered_nor_stored() {
+    let _limit = common::time_limit();
+    let emu = Emulator::start().unwrap();
+    emu.inject(Fault::Hang(Duration::from_millis(400)), 1);
+    let t = Instant::now();
+    let err = post_to(&client(), &emu, &url(&emu, RULE, STREAM), "[{\"a\":1}]", false).await;
+    assert!(err.is_err(), "the connection closes without an answer: {err:?}");
+    assert!(t.elapsed() >= Duration::from_millis(400));
+    assert!(emu.wait_for_requests(1, WAIT));
+    let rec = &emu.requests()[0];
+    assert_eq!(rec.status, None);
+    assert_eq!(rec.fault, Some(Fault::Hang(Duration::from_millis(400))));
+    assert_eq!(emu.row_count(STREAM), 0);
+    // A client that gives up first sees a timeout; the next request is served.
+    emu.inject(Fault::Hang(Duration::from_secs(30)), 1);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let err = post_to(&impatient, &emu, &url(&emu, RULE, STREAM), "[{\"a\":2}]", false)
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(post(&emu, "[{\"a\":3}]", false).await.status().as_u16(), 204);
+    assert_eq!(emu.rows(STREAM), vec![json!({"a": 3})]);
 }
 
 fn declared() -> tracing_azure_logs::emulator::EmulatorBuilder {
@@ -756,6 +807,7 @@ async fn seeded_random_faults_are_reproducible() {
         latency: 0.1,
         latency_duration: Duration::from_millis(1),
         throttle_retry_after_secs: 3,
+        ..FaultRates::default()
     };
     let (a, emu_a) = statuses_with_rates(rates.clone(), 40).await;
     let (b, emu_b) = statuses_with_rates(rates.clone(), 40).await;

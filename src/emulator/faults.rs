@@ -33,12 +33,16 @@ pub enum Fault {
     /// Close the connection without a response (the hyper service returns an error: HTTP/1.1
     /// closes the socket, HTTP/2 resets the stream). The client sees a connection error.
     DropConnection,
+    /// Hold the request this long without answering, then close the connection; its rows are
+    /// never stored. A service that hangs: the client's request timeout decides what happens.
+    /// Shutdown cuts the hold short.
+    Hang(Duration),
 }
 
 /// Seeded random fault rates, each the probability (0.0..=1.0) that a request gets that fault.
 ///
 /// One uniform draw per request picks at most one fault, in the order throttle, server error,
-/// unavailable, drop, latency; the rates are cumulative, so their sum should not exceed 1.0
+/// unavailable, drop, latency, hang; the rates are cumulative, so their sum should not exceed 1.0
 /// (the excess is ignored). The same seed and the same sequence of requests give the same faults,
 /// so sequential tests are reproducible; with concurrent requests, the assignment follows arrival
 /// order. Scripted faults ([`Emulator::inject`](super::Emulator::inject)) take precedence and do
@@ -59,12 +63,17 @@ pub struct FaultRates {
     pub latency: f64,
     /// Delay used by the `latency` fault.
     pub latency_duration: Duration,
+    /// Probability of holding the request for `hang_duration` without an answer, then closing
+    /// the connection (nothing stored).
+    pub hang: f64,
+    /// How long the `hang` fault holds a request.
+    pub hang_duration: Duration,
     /// `Retry-After` seconds used by the `throttle` fault.
     pub throttle_retry_after_secs: u64,
 }
 
 impl Default for FaultRates {
-    /// All rates 0.0, seed 0, latency 100 ms, `Retry-After: 1`.
+    /// All rates 0.0, seed 0, latency 100 ms, hang 60 s, `Retry-After: 1`.
     fn default() -> Self {
         FaultRates {
             seed: 0,
@@ -74,6 +83,8 @@ impl Default for FaultRates {
             drop_connection: 0.0,
             latency: 0.0,
             latency_duration: Duration::from_millis(100),
+            hang: 0.0,
+            hang_duration: Duration::from_secs(60),
             throttle_retry_after_secs: 1,
         }
     }
@@ -135,6 +146,7 @@ impl FaultPlan {
             (rates.unavailable, Fault::Status(503)),
             (rates.drop_connection, Fault::DropConnection),
             (rates.latency, Fault::Latency(rates.latency_duration)),
+            (rates.hang, Fault::Hang(rates.hang_duration)),
         ];
         for (p, fault) in choices {
             if p.is_nan() || p <= 0.0 {

@@ -24,7 +24,8 @@
 //!   the uncompressed JSON (the documentation's stricter reading).
 //! - `Content-Encoding: gzip` is gunzipped (400 on bad gzip; other encodings 400). The decoded
 //!   size is capped at [`DEFAULT_MAX_DECOMPRESSED_BYTES`] (64 MiB, configurable; the real service
-//!   has a similar downstream cap around 50 MiB): above it, 413 `PayloadSizeLimitExceeded`.
+//!   has a similar downstream cap around 50 MiB), with 16 bytes per row counted on top of the
+//!   text: above it, 413 `PayloadSizeLimitExceeded`.
 //! - The body must be UTF-8 JSON, an array of objects (400 otherwise); `[]` is accepted.
 //! - Top-level string values longer than 64 KiB (65,536 bytes of UTF-8) are truncated at a char
 //!   boundary, as the service does; nested strings inside `dynamic` values are kept as sent.
@@ -40,7 +41,7 @@
 //! method, api-version, token, rule/stream, size, encoding, JSON shape, rows.
 //!
 //! Faults ([`Fault`], [`FaultRates`]) inject 429 (`Retry-After` or `retry-after-ms`), any status,
-//! latency or a dropped connection, scripted ([`Emulator::inject`]) or at seeded random rates.
+//! latency, a dropped connection or a request held without an answer (a hang), scripted ([`Emulator::inject`]) or at seeded random rates.
 //!
 //! # Limits and pitfalls
 //!
@@ -399,9 +400,12 @@ impl EmulatorBuilder {
         self
     }
 
-    /// Cap on the decoded body size, in bytes (default [`DEFAULT_MAX_DECOMPRESSED_BYTES`]); a
-    /// larger decoded body gets 413 `PayloadSizeLimitExceeded`. Memory use per request is about
-    /// this much at most; requests are decoded one at a time.
+    /// Cap on what decoding one request holds, in bytes (default
+    /// [`DEFAULT_MAX_DECOMPRESSED_BYTES`]): the gunzipped body, plus 16 bytes per row, plus rows
+    /// that a lenient schema rewrote. Past it: 413 `PayloadSizeLimitExceeded`, so a small gzip of
+    /// millions of tiny rows (`[{},{},...]`) is refused too. Requests are decoded one at a time,
+    /// and one holds at most about twice this (a body with rewritten rows is copied once to be
+    /// stored).
     pub fn max_decompressed_bytes(mut self, bytes: usize) -> Self {
         self.max_decompressed_bytes = bytes;
         self

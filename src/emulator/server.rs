@@ -485,6 +485,14 @@ async fn handle(
                 }
             }
         }
+        Some(Fault::Hang(hold)) => {
+            tokio::select! {
+                _ = tokio::time::sleep(hold) => {}
+                _ = stopped(&mut shutdown) => {}
+            }
+            rec.finish(None, None, None);
+            return Err(Dropped);
+        }
         None => {}
     }
 
@@ -654,9 +662,33 @@ fn gunzip(data: &[u8], cap: usize) -> Result<Vec<u8>, GunzipError> {
     Ok(out)
 }
 
-/// Parses and checks the rows, persists them, and returns the row count and (when rows are
-/// retained) the text to store. Synchronous: no other request runs on this thread meanwhile, so
-/// at most one decoded body is being processed at a time.
+/// Bytes each row of a request costs besides its text while the request is decoded (its place in
+/// the body), counted against the decoding cap.
+const ROW_COST: usize = std::mem::size_of::<(usize, usize)>();
+
+/// Hands each element of a JSON array to a callback as it is parsed, without collecting them.
+struct EachRow<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(&'de RawValue) -> Result<(), ()>> serde::de::Visitor<'de> for EachRow<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            (self.0)(raw).map_err(|()| <A::Error as serde::de::Error>::custom("row refused"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and checks the rows one by one as they are read, persists them, and returns the row
+/// count and (when rows are retained) the text to store. The decoded text, 16 bytes per row and
+/// rows that a lenient schema rewrote count against `max_decompressed_bytes`: past it, 413.
+/// Synchronous: no other request runs on this thread meanwhile, so at most one decoded body is
+/// being processed at a time.
 fn ingest(
     shared: &Shared,
     text: String,
@@ -676,30 +708,55 @@ fn ingest(
         };
         return Err((400, code, message.to_owned()));
     }
-    let raws: Vec<&RawValue> = serde_json::from_str(json)
-        .map_err(|e| (400, "InvalidJson", format!("The request body is not valid JSON: {e}.")))?;
     let keep = shared.config.retain_rows || shared.config.persist_dir.is_some();
+    let cap = shared.config.max_decompressed_bytes;
     let base = text.as_ptr() as usize;
-    let mut spans = Vec::with_capacity(if keep { raws.len() } else { 0 });
+    let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut changes: Vec<String> = Vec::new();
-    for (i, raw) in raws.iter().enumerate() {
-        match process_row(raw, i, schema, shared.config.strict_schema) {
-            Ok(None) => {
-                if keep {
-                    spans.push((raw.get().as_ptr() as usize - base, raw.get().len()));
+    let mut rows = 0usize;
+    // What the rows cost besides the body's text, counted against the cap as they are read, so
+    // that a small body of many tiny rows (`[{},{},...]`) cannot take memory the cap does not see.
+    let mut held = text.len();
+    let mut failure = None;
+    let read = {
+        let mut on_row = |raw: &RawValue| {
+            held += ROW_COST;
+            let result = match process_row(raw, rows, schema, shared.config.strict_schema) {
+                _ if held > cap => Err((
+                    413,
+                    "PayloadSizeLimitExceeded",
+                    format!(
+                        "The decoded request body ({} bytes with more than {rows} rows at {ROW_COST} bytes each to \
+                         hold) exceeds the emulator's limit of {cap} bytes.",
+                        text.len()
+                    ),
+                )),
+                Ok(None) => {
+                    if keep {
+                        spans.push((raw.get().as_ptr() as usize - base, raw.get().len()));
+                    }
+                    Ok(())
                 }
-            }
-            Ok(Some(changed)) => {
-                if keep {
-                    spans.push((usize::MAX, changes.len()));
-                    changes.push(changed);
+                Ok(Some(changed)) => {
+                    held += changed.len();
+                    if keep {
+                        spans.push((usize::MAX, changes.len()));
+                        changes.push(changed);
+                    }
+                    Ok(())
                 }
-            }
-            Err(e) => return Err((400, e.code, e.message)),
-        }
+                Err(e) => Err((400, e.code, e.message)),
+            };
+            rows += 1;
+            result.map_err(|e| failure = Some(e))
+        };
+        let mut de = serde_json::Deserializer::from_str(json);
+        serde::Deserializer::deserialize_seq(&mut de, EachRow(&mut on_row)).and_then(|()| de.end())
+    };
+    if let Some(failure) = failure {
+        return Err(failure);
     }
-    let rows = raws.len();
-    drop(raws);
+    read.map_err(|e| (400, "InvalidJson", format!("The request body is not valid JSON: {e}.")))?;
     if !keep {
         return Ok((rows, None));
     }
