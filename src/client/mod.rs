@@ -849,11 +849,7 @@ async fn error_body(response: reqwest::Response) -> (Option<String>, String) {
         .get("x-ms-error-code")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // Error bodies are small; read at most 64 KiB of one.
-    let text = match tokio::time::timeout(Duration::from_secs(5), response.bytes()).await {
-        Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes[..bytes.len().min(65_536)]).into_owned(),
-        _ => String::new(),
-    };
+    let text = String::from_utf8_lossy(&read_at_most(response, MAX_ERROR_BODY).await).into_owned();
     #[derive(serde::Deserialize)]
     struct Body {
         error: ErrorDetail,
@@ -867,6 +863,26 @@ async fn error_body(response: reqwest::Response) -> (Option<String>, String) {
         Ok(body) => (body.error.code.or(header_code), body.error.message.unwrap_or_default()),
         Err(_) => (header_code, text.trim().chars().take(512).collect()),
     }
+}
+
+/// How much of an error body is read: the service's are a few hundred bytes.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The first `limit` bytes of `response`'s body, read as it streams in (within 5 s). The rest is
+/// never read: dropping the response closes the connection, so a broken or hostile endpoint that
+/// answers with a huge body costs at most `limit` bytes per upload.
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let read = async {
+        while body.len() < limit {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    body
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
