@@ -33,6 +33,18 @@ pub enum SendError {
     /// `Stats::dropped`.
     #[error("the queue was full or the pipeline has stopped; the row was dropped")]
     Dropped,
+    /// The row is larger than the whole queue (`queue_max_bytes`) and could never be enqueued; it
+    /// was not sent and is not counted in `Stats` (it never entered the pipeline). Raise
+    /// `queue_max_bytes`, or send smaller rows: the service takes at most 1 MiB per request.
+    #[error(
+        "row is {size} bytes, larger than the queue can ever hold ({limit} bytes; raise queue_max_bytes); it was not sent"
+    )]
+    RowTooLarge {
+        /// The row's serialized size.
+        size: usize,
+        /// The largest row the queue holds.
+        limit: usize,
+    },
 }
 
 /// A handle for sending rows of type `T` to one stream. Cheap to clone, `Send + Sync`.
@@ -97,6 +109,12 @@ impl<T: Serialize> Table<T> {
             if comma {
                 json[insert] = b',';
             }
+        }
+        let limit = self.queue.max_row_bytes();
+        if json.len() > limit {
+            let size = json.len();
+            self.queue.recycle(json);
+            return Err(SendError::RowTooLarge { size, limit });
         }
         if self.queue.push(self.stream, json) {
             Ok(())

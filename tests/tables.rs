@@ -253,3 +253,34 @@ fn events_routed_by_field_land_in_their_stream() {
     assert_eq!(logs, [json!("stays in the log stream"), json!("plain")]);
     assert!(emu.rows("Custom-Undeclared_CL").is_empty());
 }
+
+#[test]
+fn a_row_larger_than_the_whole_queue_is_too_large_not_dropped() {
+    let _limit = common::time_limit();
+    let emu = Emulator::start().unwrap();
+    let (_layer, guard) = pipeline(&emu)
+        .queue_max_bytes(64 * 1024)
+        .diagnostic_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let notes = guard.table::<Value>("Custom-Notes_CL");
+    let big = json!({"text": "x".repeat(100 * 1024)});
+    match notes.send(&big) {
+        Err(SendError::RowTooLarge { size, limit }) => {
+            assert!(size > 100 * 1024 && limit < size, "{size} {limit}");
+            let message = SendError::RowTooLarge { size, limit }.to_string();
+            assert!(message.contains("queue_max_bytes"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    notes.send(&json!({"text": "small"})).unwrap();
+    let report = guard.flush_timeout(WAIT);
+    assert!(report.completed);
+    assert_eq!(report.stats.dropped, 0, "not counted as a drop: {:?}", report.stats);
+    assert_eq!(emu.rows("Custom-Notes_CL").len(), 1);
+    assert!(
+        emu.rows(LOGS).is_empty(),
+        "no 'queue full' diagnostic row: {:?}",
+        emu.rows(LOGS)
+    );
+}

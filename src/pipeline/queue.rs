@@ -383,6 +383,13 @@ impl Queue {
         }
     }
 
+    /// The largest row this queue can ever hold (in one page of its own, the whole byte bound).
+    pub(crate) fn max_row_bytes(&self) -> usize {
+        (self.max_pages * self.page_bytes)
+            .min((u32::MAX as usize).min(BYTES))
+            .saturating_sub(HEADER)
+    }
+
     /// Row capacity neither queued nor lent to an open page.
     pub(crate) fn room(&self) -> usize {
         self.budget.free_rows.load(Ordering::Relaxed)
@@ -1055,6 +1062,14 @@ mod tests {
         assert_eq!(q.counts(), (1, 1));
         assert!(!push(&q, b"{}"));
         assert_eq!(q.counts(), (1, 2));
+    }
+
+    #[test]
+    fn the_largest_row_that_fits_is_known() {
+        let q = Arc::new(Queue::new(16, 8 * 1024, FullPolicy::DropNewest));
+        let max = q.max_row_bytes();
+        assert!(!push(&q, &vec![b'x'; max + 1]), "one byte over never fits");
+        assert!(push(&q, &vec![b'x'; max]), "the largest row fits an empty queue");
     }
 
     #[test]
