@@ -1070,3 +1070,64 @@ fn spans_entered_again_or_reusing_an_id_show_their_current_fields() {
         [span("task", 1), span("task", 1), span("task", 2), span("next_task", 9)]
     );
 }
+
+#[test]
+fn on_error_gets_the_rows_stats_count_failed_and_no_diagnostic_row() {
+    let _limit = common::time_limit();
+    let emu = Emulator::start().unwrap();
+    // Every request is refused: the diagnostic row about the drops fails along with the rows.
+    emu.inject(Fault::Status(400), 100_000);
+    let failures: Arc<Mutex<Vec<FailedBatch>>> = Arc::default();
+    let sink = failures.clone();
+    let (layer, guard) = pipeline(&emu)
+        .queue_capacity(16)
+        .max_concurrency(1)
+        .diagnostic_interval(Duration::from_millis(10))
+        .on_error(move |f| sink.lock().unwrap().push(f))
+        .build()
+        .unwrap();
+    let dispatch = dispatch(layer);
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..2_000u64 {
+            tracing::info!(i, "burst");
+        }
+    });
+    // The flush settles the batch that holds the diagnostic row about the drops: it failed too.
+    assert!(guard.flush_timeout(WAIT).completed);
+    emu.clear_faults();
+    tracing::dispatcher::with_default(&dispatch, || {
+        for i in 0..2_000u64 {
+            tracing::info!(i, "second burst");
+        }
+    });
+    assert!(guard.flush_timeout(WAIT).completed);
+    // The first diagnostic row that arrives counts the drops of one that did not: a diagnostic
+    // row was in a failed batch, so the books below are tested with one.
+    let rows = emu.rows(STREAM);
+    let first = rows
+        .iter()
+        .find(|r| r["Target"] == "tracing_azure_logs")
+        .expect("a diagnostic row arrived after the faults ended");
+    let properties = &first["Properties"];
+    assert!(
+        properties["dropped_total"].as_u64() > properties["dropped"].as_u64(),
+        "{first}"
+    );
+    let stats = guard.shutdown().stats;
+    let failures = failures.lock().unwrap();
+    let failed_rows: usize = failures.iter().map(FailedBatch::len).sum();
+    assert!(stats.dropped > 0 && stats.failed > 0, "{stats:?}");
+    assert_eq!(
+        failed_rows as u64, stats.failed,
+        "on_error's rows add up to Stats::failed"
+    );
+    for batch in failures.iter() {
+        assert_eq!(batch.rows().len(), batch.len());
+        for row in batch.rows() {
+            assert!(
+                !row.contains("\"Target\":\"tracing_azure_logs\""),
+                "a diagnostic row: {row}"
+            );
+        }
+    }
+}

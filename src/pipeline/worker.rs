@@ -488,10 +488,21 @@ impl Worker {
         self.report(target, reason, batch.ids().to_vec(), rows);
     }
 
-    /// Counts the rows `ids` failed (diagnostic rows are not the application's, so not counted)
-    /// and hands them to `on_error`.
+    /// Counts the rows `ids` (with their text `rows`, or none) failed and hands them to
+    /// `on_error`. The worker's own diagnostic rows are left out of both, so what `on_error`
+    /// receives adds up to `Stats::failed`; a batch of diagnostic rows alone is not reported.
     fn report(&self, target: &Target, reason: FailureReason, ids: Vec<usize>, rows: Vec<String>) {
-        let app_rows = ids.iter().filter(|&&id| id < DIAGNOSTIC_ID).count() as u64;
+        let (ids, rows) = if ids.iter().all(|&id| id < DIAGNOSTIC_ID) {
+            (ids, rows)
+        } else if rows.len() == ids.len() {
+            ids.into_iter().zip(rows).filter(|&(id, _)| id < DIAGNOSTIC_ID).unzip()
+        } else {
+            (ids.into_iter().filter(|&id| id < DIAGNOSTIC_ID).collect(), rows)
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let app_rows = ids.len() as u64;
         self.queue.counters.failed.fetch_add(app_rows, Ordering::Relaxed);
         let failed = FailedBatch {
             rule_id: target.rule_id.clone(),
