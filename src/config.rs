@@ -301,7 +301,10 @@ impl AzureLogsBuilder {
     /// Called with every batch of rows that could not be delivered. Default: a line on stderr per
     /// failed batch. It runs on the worker thread: keep it quick (a panic in it is caught), and
     /// note that `tracing` events emitted there are not shipped (nothing on that thread is, to
-    /// avoid feedback loops); `Table::send` from it works.
+    /// avoid feedback loops); `Table::send` from it works. `guard.flush()` or dropping the guard
+    /// from it cannot wait for the worker it runs on: they return at once
+    /// ([`Incomplete::OnPipelineThread`](crate::Incomplete::OnPipelineThread)). The rows it gets
+    /// add up to `Stats::failed`: the worker's own diagnostic rows are never passed to it.
     pub fn on_error(mut self, on_error: impl Fn(FailedBatch) + Send + Sync + 'static) -> Self {
         self.on_error = Some(Arc::new(on_error));
         self

@@ -69,6 +69,6 @@ pub use config::{
     MAX_QUEUE_ROWS, init, install, try_init,
 };
 pub use layer::AzureLogsLayer;
-pub use pipeline::{AzureLogsGuard, FlushReport, FullPolicy, Stats, StatsHandle, StreamStats};
+pub use pipeline::{AzureLogsGuard, FlushReport, FullPolicy, Incomplete, Stats, StatsHandle, StreamStats};
 pub use row::Columns;
 pub use table::{SendError, Table};

@@ -1131,3 +1131,38 @@ fn on_error_gets_the_rows_stats_count_failed_and_no_diagnostic_row() {
         }
     }
 }
+
+#[test]
+fn flush_or_drop_from_on_error_returns_at_once_and_the_worker_keeps_shipping() {
+    let _limit = common::time_limit();
+    let emu = Emulator::start().unwrap();
+    emu.inject(Fault::Status(400), 1);
+    let slot: Arc<std::sync::OnceLock<std::sync::Weak<tracing_azure_logs::AzureLogsGuard>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<tracing_azure_logs::FlushReport>>> = Arc::default();
+    let (cell, sink) = (slot.clone(), seen.clone());
+    let (layer, guard) = pipeline(&emu)
+        .on_error(move |_| {
+            if let Some(guard) = cell.get().and_then(std::sync::Weak::upgrade) {
+                sink.lock().unwrap().push(guard.flush());
+            }
+        })
+        .build()
+        .unwrap();
+    let guard = Arc::new(guard);
+    slot.set(Arc::downgrade(&guard)).unwrap();
+    let dispatch = dispatch(layer);
+    tracing::dispatcher::with_default(&dispatch, || tracing::info!(i = 0u64, "refused"));
+    assert!(wait_until(|| !seen.lock().unwrap().is_empty()), "on_error ran");
+    let inner = seen.lock().unwrap()[0];
+    assert!(!inner.completed);
+    assert_eq!(inner.incomplete, Some(tracing_azure_logs::Incomplete::OnPipelineThread));
+    // The worker was not left waiting for itself: later rows still leave.
+    tracing::dispatcher::with_default(&dispatch, || tracing::info!(i = 1u64, "after"));
+    let report = guard.flush_timeout(WAIT);
+    assert!(report.completed, "{report:?}");
+    assert_eq!(report.stats.sent, 1);
+    assert_eq!(report.stats.failed, 1);
+    let rows = emu.rows(STREAM);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["Message"], "after");
+}

@@ -60,8 +60,24 @@ impl Stats {
 pub struct FlushReport {
     /// Whether every row enqueued before the flush was sent or reported failed in time.
     pub completed: bool,
+    /// Why not, when `completed` is false.
+    pub incomplete: Option<Incomplete>,
     /// The counts when the flush returned.
     pub stats: Stats,
+}
+
+/// Why a flush returned before every earlier row was settled. The rows are not lost by that: they
+/// stay in the pipeline (unless it was stopped, when they are counted failed or dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Incomplete {
+    /// The timeout passed first (a slow or unreachable service).
+    TimedOut,
+    /// Called on one of the crate's own threads (from `on_error`, which runs on the worker): that
+    /// thread cannot wait for itself, so the call returned at once. Flush from another thread.
+    OnPipelineThread,
+    /// The worker had stopped (after shutdown, or a panic).
+    Stopped,
 }
 
 /// Keeps the pipeline running. Dropping it flushes (waiting at most the configured flush timeout,
@@ -93,6 +109,9 @@ impl std::fmt::Debug for AzureLogsGuard {
 impl AzureLogsGuard {
     /// Waits until every row enqueued before this call is accepted by the service or reported
     /// failed. Bounded by the retry policy's deadline per batch, not by the flush timeout.
+    ///
+    /// Pitfall: called on the worker thread (from `on_error`), it returns at once with
+    /// `completed: false` and [`Incomplete::OnPipelineThread`]: the worker cannot wait for itself.
     pub fn flush(&self) -> FlushReport {
         self.flush_within(None)
     }
@@ -158,30 +177,42 @@ impl AzureLogsGuard {
 
     /// Flushes within the configured flush timeout, stops the worker, and reports. Rows not
     /// confirmed by then are counted as failed (and passed to `on_error`).
+    ///
+    /// Pitfall: on the worker thread (from `on_error`) it cannot wait: it returns at once with
+    /// [`Incomplete::OnPipelineThread`] and the worker stops after the callback returns.
     pub fn shutdown(mut self) -> FlushReport {
         self.stop()
     }
 
     fn flush_within(&self, timeout: Option<Duration>) -> FlushReport {
-        let (reply, done) = crossbeam_channel::bounded(1);
-        let completed = self.control.send(Control::Flush { reply }).is_ok()
-            && match timeout {
-                Some(t) => done.recv_timeout(t).is_ok(),
-                None => done.recv().is_ok(),
-            };
+        // `on_error` runs on the worker: waiting there for the worker would wait forever.
+        if crate::thread_role::is_pipeline_worker() {
+            return self.report(Some(Incomplete::OnPipelineThread));
+        }
+        self.report(request_flush(&self.control, timeout))
+    }
+
+    fn report(&self, incomplete: Option<Incomplete>) -> FlushReport {
         FlushReport {
-            completed,
+            completed: incomplete.is_none(),
+            incomplete,
             stats: self.stats(),
         }
     }
 
     fn stop(&mut self) -> FlushReport {
         let Some(worker) = self.worker.take() else {
-            return FlushReport {
-                completed: true,
-                stats: self.stats(),
-            };
+            return self.report(None);
         };
+        if crate::thread_role::is_pipeline_worker() {
+            // Dropped from `on_error` (on the worker itself): it cannot wait for itself. It stops
+            // once the callback returns, failing what it holds; rows after this are dropped.
+            self.shared.close();
+            let (reply, _) = crossbeam_channel::bounded(1);
+            let _ = self.control.send(Control::Shutdown { reply });
+            drop(worker);
+            return self.report(Some(Incomplete::OnPipelineThread));
+        }
         let flushed = self.flush_timeout(self.flush_timeout);
         self.shared.close();
         let (reply, done) = crossbeam_channel::bounded(1);
@@ -202,9 +233,27 @@ impl AzureLogsGuard {
         }
         FlushReport {
             completed: flushed.completed,
+            incomplete: flushed.incomplete,
             stats,
         }
     }
+}
+
+/// Asks the worker to settle every row enqueued so far and waits for it (at most `timeout`);
+/// why it did not, if it did not.
+pub(crate) fn request_flush(control: &Sender<Control>, timeout: Option<Duration>) -> Option<Incomplete> {
+    let (reply, done) = crossbeam_channel::bounded(1);
+    if control.send(Control::Flush { reply }).is_err() {
+        return Some(Incomplete::Stopped);
+    }
+    let answered = match timeout {
+        Some(t) => done.recv_timeout(t).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => Incomplete::TimedOut,
+            crossbeam_channel::RecvTimeoutError::Disconnected => Incomplete::Stopped,
+        }),
+        None => done.recv().map_err(|_| Incomplete::Stopped),
+    };
+    answered.err()
 }
 
 /// Reads a pipeline's counts; cheap to clone, usable after the guard is dropped.

@@ -6,6 +6,6 @@ pub(crate) mod queue;
 pub(crate) mod streams;
 pub(crate) mod worker;
 
-pub use guard::{AzureLogsGuard, FlushReport, Stats, StatsHandle};
+pub use guard::{AzureLogsGuard, FlushReport, Incomplete, Stats, StatsHandle};
 pub use queue::FullPolicy;
 pub use streams::StreamStats;
