@@ -3,6 +3,8 @@
 
 pub(crate) mod guard;
 pub(crate) mod queue;
+#[cfg(unix)]
+mod signals;
 pub(crate) mod streams;
 pub(crate) mod worker;
 
