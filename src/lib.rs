@@ -49,25 +49,59 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 pub mod client;
 mod clock;
-mod config;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+mod env;
+mod error;
+mod init;
 mod layer;
-pub mod log_bridge;
+mod logger;
 mod pipeline;
 mod route;
 pub mod row;
 mod span_stack;
 pub mod table;
+
+pub mod log_bridge {
+    //! A `log::Log` that feeds the pipeline directly, for programs (or dependencies) that log through
+    //! the `log` facade, with or without `tracing`.
+    //!
+    //! A record becomes a row with the same columns as a tracing event: `Target` from the record's
+    //! target, `File` and `Line` from its location, `Message` from its text, and its key-values (the
+    //! `kv` feature of `log`) as typed `Properties`. `Spans` is empty.
+    //!
+    //! # Shipped once, never twice
+    //!
+    //! A process has one `log` logger. [`crate::init`] installs tracing-log's `LogTracer` as that
+    //! logger, which turns records into tracing events that this crate's layer ships. Installing
+    //! this bridge as well fails (the logger is already set) instead of shipping records twice; use
+    //! one or the other:
+    //! - an application on `tracing`: [`crate::init`] (or the layer + `LogTracer`);
+    //! - an application on `log` only: [`init`] here.
+    //!
+    //! ```no_run
+    //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    //! use tracing_azure_logs::log_bridge::{self, LogBridge};
+    //!
+    //! let builder = tracing_azure_logs::AzureLogsBuilder::from_env()?;
+    //! let _guard = log_bridge::init(builder, LogBridge::new(log::LevelFilter::Info).target("hyper", log::LevelFilter::Warn))?;
+    //! log::info!(order_id = 7, total = 12.5; "order placed");
+    //! # Ok(()) }
+    //! ```
+
+    pub use crate::init::init_log_bridge as init;
+    pub use crate::logger::{AzureLogger, LogBridge};
+}
 mod thread_role;
 
+pub use builder::{AzureLogs, AzureLogsBuilder, Column, MAX_QUEUE_ROWS};
 pub use client::{Audience, LogsIngestionClient, RetryPolicy, UploadError, UploadReport};
-pub use config::{
-    AzureLogs, AzureLogsBuilder, Column, ENV_EMULATOR_TOKEN, ENV_ENDPOINT, ENV_RULE_ID, ENV_STREAM, InitError,
-    MAX_QUEUE_ROWS, init, install, try_init,
-};
+pub use env::{ENV_EMULATOR_TOKEN, ENV_ENDPOINT, ENV_RULE_ID, ENV_STREAM};
+pub use error::InitError;
+pub use init::{init, install, try_init};
 pub use layer::AzureLogsLayer;
 pub use pipeline::{AzureLogsGuard, FlushReport, FullPolicy, Incomplete, Stats, StatsHandle, StreamStats};
 pub use row::Columns;

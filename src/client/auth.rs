@@ -13,7 +13,9 @@ use azure_identity::{
     ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 
-use super::error::{ConfigError, FailureReason};
+use super::error::FailureReason;
+use crate::env::{env_var, missing_vars};
+use crate::error::ConfigError;
 
 /// Which Azure cloud the ingestion endpoint is in; it decides the token scope.
 ///
@@ -81,7 +83,7 @@ pub fn credential_from_env() -> Result<Arc<dyn TokenCredential>, ConfigError> {
 /// A token error from the chosen credential lists what was tried, so a missing variable is easy
 /// to spot. The credential's own retries are short (see [`credential_client_options`]).
 pub fn credential_from_env_with(http: &reqwest::Client) -> Result<Arc<dyn TokenCredential>, ConfigError> {
-    let var = crate::config::env_var;
+    let var = env_var;
     let mut tried = Vec::new();
     let http = http.clone();
 
@@ -107,7 +109,7 @@ pub fn credential_from_env_with(http: &reqwest::Client) -> Result<Arc<dyn TokenC
         }
         (tenant, client, secret) => tried.push(format!(
             "client secret: not used, missing {}",
-            crate::config::missing_vars([
+            missing_vars([
                 ("AZURE_TENANT_ID", &tenant),
                 ("AZURE_CLIENT_ID", &client),
                 ("AZURE_CLIENT_SECRET", &secret)

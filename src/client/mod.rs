@@ -41,17 +41,20 @@ use reqwest::Url;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use serde::Serialize;
 
+pub use crate::error::ConfigError;
 pub use auth::{
     Audience, FreshToken, RenewingCredential, StaticTokenCredential, credential_client_options, credential_from_env,
     credential_from_env_with,
 };
 pub use batch::MAX_BODY_BYTES;
-pub use error::{ConfigError, FailedBatch, FailureReason, UploadError};
+pub use error::{FailedBatch, FailureReason, UploadError};
 pub use retry::RetryPolicy;
 
 use auth::{CachedToken, TokenCache};
 use batch::{Batch, BatchBuilder, Compressed, Push, compress_fitting};
 use retry::{StatusClass, classify, retry_after};
+
+use crate::row::json::{lossy, serialize_row};
 
 /// The api-version this client speaks.
 pub const API_VERSION: &str = "2023-01-01";
@@ -894,32 +897,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Serializes one row, which must be a JSON object.
-pub(crate) fn serialize_row<T: Serialize + ?Sized>(row: &T) -> Result<Vec<u8>, String> {
-    let bytes = serde_json::to_vec(row).map_err(|e| e.to_string())?;
-    if bytes.first() != Some(&b'{') {
-        return Err(format!("it serializes to {}", json_kind(&bytes)));
-    }
-    Ok(bytes)
-}
-
-/// What kind of JSON value `json` (serialized, no leading space) is, for error messages.
-pub(crate) fn json_kind(json: &[u8]) -> &'static str {
-    match json.first() {
-        Some(b'{') => "an object",
-        Some(b'[') => "an array",
-        Some(b'"') => "a string",
-        Some(b'n') => "null",
-        Some(b't' | b'f') => "a boolean",
-        _ => "a number",
-    }
-}
-
-/// A row as text, for `on_error`.
-pub(crate) fn lossy(row: &[u8]) -> String {
-    String::from_utf8_lossy(row).into_owned()
 }
 
 fn into_result(report: UploadReport, failures: Vec<FailedBatch>) -> Result<UploadReport, UploadError> {

@@ -8,13 +8,11 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::client::LogsIngestionClient;
-use crate::log_bridge::{AzureLogger, LogBridge};
 use crate::pipeline::queue::Queue;
-use crate::pipeline::streams::{StreamStats, Streams, Target};
+use crate::pipeline::streams::{StreamStats, Streams};
 use crate::pipeline::worker::Control;
 use crate::route::Routes;
 use crate::row::RowShape;
-use crate::table::Table;
 
 /// Counts since the pipeline started.
 ///
@@ -139,40 +137,6 @@ impl AzureLogsGuard {
     /// Sent and failed rows per destination (the main stream first, then routes and tables).
     pub fn stream_stats(&self) -> Vec<StreamStats> {
         self.registry.snapshot()
-    }
-
-    /// A handle that sends rows of type `T` to `stream` of this pipeline's rule. See [`Table`].
-    pub fn table<T: serde::Serialize>(&self, stream: impl Into<String>) -> Table<T> {
-        // Id 0 is the main stream, registered when the pipeline was built.
-        let rule_id = self.registry.target(0).map(|t| t.rule_id).unwrap_or_default();
-        self.table_in(rule_id, stream)
-    }
-
-    /// A handle that sends rows of type `T` to `stream` of another rule on the same endpoint.
-    pub fn table_in<T: serde::Serialize>(&self, rule_id: impl Into<String>, stream: impl Into<String>) -> Table<T> {
-        let target = Target {
-            rule_id: rule_id.into(),
-            stream: stream.into(),
-        };
-        Table {
-            queue: self.shared.clone(),
-            stream: self.registry.id_for(&target),
-            name: target.stream.into(),
-            add_time: true,
-            row: std::marker::PhantomData,
-        }
-    }
-
-    /// A `log::Log` that ships `log` records through this pipeline (target routes apply), with
-    /// `filter`'s levels. Install it with `log::set_boxed_logger`, or use
-    /// [`log_bridge::init`](crate::log_bridge::init). Do not also install `LogTracer`.
-    pub fn logger(&self, filter: LogBridge) -> AzureLogger {
-        AzureLogger {
-            queue: self.shared.clone(),
-            shape: self.shape.clone(),
-            routes: self.routes.clone(),
-            filter,
-        }
     }
 
     /// Flushes within the configured flush timeout, stops the worker, and reports. Rows not

@@ -21,10 +21,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use reqwest::Url;
 
 use crate::client::batch::{Batch, BatchBuilder, Push};
-use crate::client::{FailedBatch, FailureReason, LogsIngestionClient, OnError, SendOutcome, lossy};
+use crate::client::{FailedBatch, FailureReason, LogsIngestionClient, OnError, SendOutcome};
 use crate::pipeline::queue::{Marks, Queue, Reader};
 use crate::pipeline::streams::{Streams, Target};
 use crate::row::RowShape;
+use crate::row::json::lossy;
 
 /// How often the worker looks at the queue. Producers never wake it.
 const TICK: Duration = Duration::from_millis(5);
@@ -544,7 +545,7 @@ impl Worker {
         }
         let new = dropped - self.reported_drops;
         let mut row = Vec::with_capacity(512);
-        crate::layer::encode_diagnostic(&self.config.shape, &mut row, new, dropped);
+        crate::row::encode::encode_diagnostic(&self.config.shape, &mut row, new, dropped);
         let id = DIAGNOSTIC_ID + self.diagnostics;
         if self.add(0, &row, id) == Added::Yes {
             self.reported_drops = dropped;

@@ -1,40 +1,18 @@
-//! A `log::Log` that feeds the pipeline directly, for programs (or dependencies) that log through
-//! the `log` facade, with or without `tracing`.
-//!
-//! A record becomes a row with the same columns as a tracing event: `Target` from the record's
-//! target, `File` and `Line` from its location, `Message` from its text, and its key-values (the
-//! `kv` feature of `log`) as typed `Properties`. `Spans` is empty.
-//!
-//! # Shipped once, never twice
-//!
-//! A process has one `log` logger. [`crate::init`] installs tracing-log's `LogTracer` as that
-//! logger, which turns records into tracing events that this crate's layer ships. Installing
-//! this bridge as well fails (the logger is already set) instead of shipping records twice; use
-//! one or the other:
-//! - an application on `tracing`: [`crate::init`] (or the layer + `LogTracer`);
-//! - an application on `log` only: [`init`] here.
-//!
-//! ```no_run
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use tracing_azure_logs::log_bridge::{self, LogBridge};
-//!
-//! let builder = tracing_azure_logs::AzureLogsBuilder::from_env()?;
-//! let _guard = log_bridge::init(builder, LogBridge::new(log::LevelFilter::Info).target("hyper", log::LevelFilter::Warn))?;
-//! log::info!(order_id = 7, total = 12.5; "order placed");
-//! # Ok(()) }
-//! ```
+//! The `log` producer: [`AzureLogger`] encodes `log` records as rows and pushes them on the
+//! pipeline's queue. Public as [`crate::log_bridge`].
 
 use std::sync::Arc;
 
 use log::kv::{Error as KvError, Key, Value, VisitSource, VisitValue};
 use log::{LevelFilter, Metadata, Record};
 
-use crate::config::{AzureLogsBuilder, InitError};
-use crate::layer::{begin_row, write_tail};
 use crate::pipeline::AzureLogsGuard;
 use crate::pipeline::queue::Queue;
 use crate::route::{Routes, longest_prefix};
-use crate::row::{RowShape, key, key_str, write_f64, write_fmt, write_int, write_str};
+use crate::row::RowShape;
+use crate::row::encode::{begin_row, write_tail};
+use crate::row::fields::key_str;
+use crate::row::json::{key, write_f64, write_fmt, write_int, write_str};
 
 /// Which `log` records the bridge ships: a default level, and levels for target prefixes (the
 /// longest matching prefix wins).
@@ -193,13 +171,16 @@ impl<'v> VisitValue<'v> for TypedValue<'_> {
     }
 }
 
-/// Builds the pipeline from `builder` and installs its `log` bridge as the process's logger
-/// (no `tracing` subscriber is installed). Fails if a logger is already set, e.g. `LogTracer`
-/// from [`crate::init`]: records are never shipped twice.
-pub fn init(builder: AzureLogsBuilder, bridge: LogBridge) -> Result<AzureLogsGuard, InitError> {
-    let (_layer, guard) = builder.build()?;
-    let max = bridge.max_level();
-    log::set_boxed_logger(Box::new(guard.logger(bridge))).map_err(|e| InitError::LoggerAlreadySet(e.to_string()))?;
-    log::set_max_level(max);
-    Ok(guard)
+impl AzureLogsGuard {
+    /// A `log::Log` that ships `log` records through this pipeline (target routes apply), with
+    /// `filter`'s levels. Install it with `log::set_boxed_logger`, or use
+    /// [`log_bridge::init`](crate::log_bridge::init). Do not also install `LogTracer`.
+    pub fn logger(&self, filter: LogBridge) -> AzureLogger {
+        AzureLogger {
+            queue: self.shared.clone(),
+            shape: self.shape.clone(),
+            routes: self.routes.clone(),
+            filter,
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Setting up the pipeline: the builder, settings from the environment, and one-line `init()`.
+//! The composition root: [`AzureLogsBuilder`] checks the settings and builds every part of the
+//! pipeline (client, queue, destinations, routes, worker, layer, guard). No other module imports it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,9 +8,11 @@ use azure_core::credentials::TokenCredential;
 use serde_json::Value;
 
 use crate::client::{
-    Audience, ClientSettings, ConfigError, FailedBatch, OnError, RetryPolicy, StaticTokenCredential,
-    credential_from_env_with, default_http_client,
+    Audience, ClientSettings, FailedBatch, OnError, RetryPolicy, StaticTokenCredential, credential_from_env_with,
+    default_http_client,
 };
+use crate::env::{ENV_EMULATOR_TOKEN, ENV_ENDPOINT, ENV_RULE_ID, ENV_STREAM, env_var, missing_vars};
+use crate::error::ConfigError;
 use crate::layer::AzureLogsLayer;
 use crate::pipeline::streams::{Streams, Target};
 use crate::pipeline::worker::{Worker, WorkerConfig};
@@ -19,16 +22,6 @@ use crate::row::{Columns, RowShape};
 
 /// Most rows a queue can be set to hold; bound memory with `queue_max_bytes`.
 pub const MAX_QUEUE_ROWS: usize = 4 * 1024 * 1024;
-
-/// Environment variable with the ingestion endpoint (a DCE, or the DCR's logs ingestion endpoint).
-pub const ENV_ENDPOINT: &str = "AZURE_DCE_ENDPOINT";
-/// Environment variable with the data collection rule's immutable id (`dcr-...`).
-pub const ENV_RULE_ID: &str = "AZURE_DCR_RULE_ID";
-/// Environment variable with the stream name (`Custom-...`).
-pub const ENV_STREAM: &str = "AZURE_DCR_STREAM_NAME";
-/// Environment variable with a fixed bearer token, for the local emulator only: when set,
-/// [`AzureLogsBuilder::from_env`] uses it instead of an Azure credential.
-pub const ENV_EMULATOR_TOKEN: &str = "AZURE_LOGS_EMULATOR_TOKEN";
 
 /// A default column, to rename or turn off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,16 +115,6 @@ impl std::fmt::Debug for AzureLogsBuilder {
             .field("columns", &self.columns)
             .finish_non_exhaustive()
     }
-}
-
-/// An environment variable's value; unset, blank or not Unicode is `None`.
-pub(crate) fn env_var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// The names of the variables that are `None`, in order.
-pub(crate) fn missing_vars<const N: usize>(vars: [(&'static str, &Option<String>); N]) -> Vec<&'static str> {
-    vars.into_iter().filter(|(_, v)| v.is_none()).map(|(n, _)| n).collect()
 }
 
 impl AzureLogsBuilder {
@@ -471,51 +454,4 @@ fn host_name() -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
-}
-
-/// Why [`try_init`] failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum InitError {
-    /// The settings are missing or wrong; nothing was installed.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Another global subscriber is already installed; the pipeline was stopped again.
-    #[error("a global tracing subscriber is already set: {0}")]
-    SubscriberAlreadySet(String),
-    /// Another `log` logger is already installed (for example `LogTracer`, which `init()`
-    /// installs); the bridge was not installed and its pipeline was stopped again.
-    #[error("a `log` logger is already set, so the log bridge was not installed: {0}")]
-    LoggerAlreadySet(String),
-}
-
-/// Installs, in one line, a global subscriber: the registry, an `EnvFilter` from `RUST_LOG`
-/// (default `info`), this crate's layer configured from the environment
-/// ([`AzureLogsBuilder::from_env`]), and the `log` → `tracing` bridge (`LogTracer`). Returns the
-/// guard, which must live until the end of `main`. If another `log` logger is already installed,
-/// tracing events are still shipped and a warning says that `log` records are not.
-pub fn try_init() -> Result<AzureLogsGuard, InitError> {
-    install(AzureLogsBuilder::from_env()?)
-}
-
-/// [`try_init`], panicking with the error's text when it fails.
-pub fn init() -> AzureLogsGuard {
-    try_init().unwrap_or_else(|e| panic!("tracing_azure_logs::init failed: {e}"))
-}
-
-/// Installs the global subscriber (registry + `EnvFilter` + the layer) and `LogTracer` for
-/// `builder`'s pipeline.
-pub fn install(builder: AzureLogsBuilder) -> Result<AzureLogsGuard, InitError> {
-    use tracing_subscriber::layer::SubscriberExt;
-    let (layer, guard) = builder.build()?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::registry().with(filter).with(layer);
-    tracing::subscriber::set_global_default(subscriber).map_err(|e| InitError::SubscriberAlreadySet(e.to_string()))?;
-    if let Err(e) = tracing_log::LogTracer::init() {
-        // Tracing events are shipped; only `log` records are not. Say so where it will be seen.
-        eprintln!("tracing-azure-logs: another `log` logger is installed, so `log` records are not shipped: {e}");
-        tracing::warn!(target: "tracing_azure_logs", "another `log` logger is installed, so `log` records are not shipped: {e}");
-    }
-    Ok(guard)
 }
