@@ -14,7 +14,8 @@ use crate::client::{
 use crate::env::{ENV_EMULATOR_TOKEN, ENV_ENDPOINT, ENV_RULE_ID, ENV_STREAM, env_var, missing_vars};
 use crate::error::ConfigError;
 use crate::layer::AzureLogsLayer;
-use crate::pipeline::streams::{Streams, Target};
+use crate::pipeline::destinations::{Destination, Destinations};
+use crate::pipeline::stats::Outcomes;
 use crate::pipeline::worker::{Worker, WorkerConfig};
 use crate::pipeline::{AzureLogsGuard, FullPolicy};
 use crate::route::{FieldRoute, Routes};
@@ -387,20 +388,20 @@ impl AzureLogsBuilder {
             self.full_policy,
         ));
         let (control, control_rx) = crossbeam_channel::unbounded();
-        let in_rule = |stream: String| Target {
+        let in_rule = |stream: String| Destination {
             rule_id: rule_id.clone(),
             stream,
         };
-        let registry = Arc::new(Streams::new(in_rule(self.stream.unwrap_or_default())));
+        let destinations = Arc::new(Destinations::new(in_rule(self.stream.unwrap_or_default())));
         let mut routes = Routes::default();
         for (prefix, stream) in self.target_routes {
-            routes.targets.push((prefix, registry.id_for(&in_rule(stream))));
+            routes.targets.push((prefix, destinations.id_for(&in_rule(stream))));
         }
         if let Some((name, streams)) = self.field_route {
             let streams = streams
                 .into_iter()
                 .map(|s| {
-                    let id = registry.id_for(&in_rule(s.clone()));
+                    let id = destinations.id_for(&in_rule(s.clone()));
                     (s, id)
                 })
                 .collect();
@@ -408,10 +409,12 @@ impl AzureLogsBuilder {
         }
         // Calibrates the event clock here rather than in the first event.
         crate::clock::start();
+        let outcomes = Arc::new(Outcomes::default());
         let worker = Worker::new(
             queue.clone(),
-            registry.clone(),
-            client.clone(),
+            destinations.clone(),
+            Arc::new(client.clone()),
+            outcomes.clone(),
             WorkerConfig {
                 max_delay: self.max_delay,
                 diagnostic_interval: self.diagnostic_interval,
@@ -431,8 +434,9 @@ impl AzureLogsBuilder {
             instance: None,
         };
         let guard = AzureLogsGuard {
-            shared: queue,
-            registry,
+            queue,
+            outcomes,
+            destinations,
             shape: layer.shape.clone(),
             routes: layer.routes.clone(),
             client,

@@ -177,7 +177,7 @@ impl AzureLogsGuard {
     /// [`log_bridge::init`](crate::log_bridge::init). Do not also install `LogTracer`.
     pub fn logger(&self, filter: LogBridge) -> AzureLogger {
         AzureLogger {
-            queue: self.shared.clone(),
+            queue: self.queue.clone(),
             shape: self.shape.clone(),
             routes: self.routes.clone(),
             filter,

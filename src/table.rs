@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use crate::clock::now_json;
 use crate::pipeline::AzureLogsGuard;
+use crate::pipeline::destinations::Destination;
 use crate::pipeline::queue::Queue;
-use crate::pipeline::streams::Target;
 
 /// Why [`Table::send`] did not enqueue a row. The row was not shipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,19 +86,19 @@ impl AzureLogsGuard {
     /// A handle that sends rows of type `T` to `stream` of this pipeline's rule. See [`Table`].
     pub fn table<T: serde::Serialize>(&self, stream: impl Into<String>) -> Table<T> {
         // Id 0 is the main stream, registered when the pipeline was built.
-        let rule_id = self.registry.target(0).map(|t| t.rule_id).unwrap_or_default();
+        let rule_id = self.destinations.get(0).map(|t| t.rule_id).unwrap_or_default();
         self.table_in(rule_id, stream)
     }
 
     /// A handle that sends rows of type `T` to `stream` of another rule on the same endpoint.
     pub fn table_in<T: serde::Serialize>(&self, rule_id: impl Into<String>, stream: impl Into<String>) -> Table<T> {
-        let target = Target {
+        let target = Destination {
             rule_id: rule_id.into(),
             stream: stream.into(),
         };
         Table {
-            queue: self.shared.clone(),
-            stream: self.registry.id_for(&target),
+            queue: self.queue.clone(),
+            stream: self.destinations.id_for(&target),
             name: target.stream.into(),
             add_time: true,
             row: std::marker::PhantomData,

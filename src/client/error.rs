@@ -60,6 +60,13 @@ pub enum FailureReason {
     /// The pipeline stopped before the rows were settled (shutdown or flush timeout).
     #[error("not confirmed before shutdown: {0}")]
     Shutdown(String),
+    /// The upload panicked: a bug in this crate (please open an issue with the message). The
+    /// rows were not confirmed; the service may or may not have stored them.
+    #[error("internal error in tracing-azure-logs, the upload panicked: {message}; please report it")]
+    UploadPanicked {
+        /// The panic's message.
+        message: String,
+    },
 }
 
 struct Rejected<'a>(&'a u16, &'a Option<String>, &'a String, &'a &'static str);
@@ -108,7 +115,9 @@ impl FailedBatch {
         &self.indices
     }
 
-    /// The failed rows as JSON text, in input order (empty for rows that did not serialize).
+    /// The failed rows as JSON text, in input order. Empty for rows that did not serialize, for
+    /// a request that was in flight when the pipeline stopped, and for rows still queued then
+    /// (their text is not kept): [`len`](Self::len) still counts them.
     pub fn rows(&self) -> &[String] {
         &self.rows
     }

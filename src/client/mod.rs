@@ -79,7 +79,7 @@ struct Inner {
     gzip_level: u32,
     max_uncompressed: usize,
     user_agent: HeaderValue,
-    counters: Counters,
+    counters: RequestCounters,
 }
 
 impl fmt::Debug for LogsIngestionClient {
@@ -187,7 +187,7 @@ impl ClientSettings {
                 gzip_level: self.gzip_level,
                 max_uncompressed: self.max_uncompressed,
                 user_agent,
-                counters: Counters::default(),
+                counters: RequestCounters::default(),
             }),
         })
     }
@@ -358,7 +358,7 @@ impl UploadReport {
 
 /// Totals over the client's lifetime.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub(crate) struct RequestCounters {
     pub(crate) requests: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) wire_bytes: AtomicU64,
@@ -490,7 +490,7 @@ impl LogsIngestionClient {
         self.inner.tokens.fetches()
     }
 
-    pub(crate) fn counters(&self) -> &Counters {
+    pub(crate) fn counters(&self) -> &RequestCounters {
         &self.inner.counters
     }
 
@@ -502,14 +502,9 @@ impl LogsIngestionClient {
         self.inner.max_uncompressed
     }
 
-    /// Why `row` alone cannot be sent: as a one-row array (brackets included) it is over the
-    /// uncompressed batch limit.
+    /// Why `row` alone cannot be sent (see [`row_too_large`]).
     pub(crate) fn row_too_large(&self, row: &[u8]) -> FailureReason {
-        FailureReason::RowTooLarge {
-            size: row.len() + 2,
-            limit: self.inner.max_uncompressed,
-            what: "uncompressed JSON",
-        }
+        row_too_large(row, self.inner.max_uncompressed)
     }
 
     /// `{endpoint}/dataCollectionRules/{rule}/streams/{stream}?api-version=...`, segments escaped.
@@ -797,6 +792,16 @@ impl LogsIngestionClient {
                 Attempt::Failed(Failed::Http { error, wait })
             }
         }
+    }
+}
+
+/// Why `row` alone cannot be sent: as a one-row array (brackets included) it is over `limit`,
+/// the uncompressed batch cap.
+pub(crate) fn row_too_large(row: &[u8], limit: usize) -> FailureReason {
+    FailureReason::RowTooLarge {
+        size: row.len() + 2,
+        limit,
+        what: "uncompressed JSON",
     }
 }
 

@@ -71,15 +71,12 @@ pub enum FullPolicy {
 /// worker writes `taken` on every read, and producers read their queue's other fields per row.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub(crate) struct Counters {
+pub(crate) struct QueueCounters {
     /// Rows the worker has taken off the queue (only the worker writes it).
     pub(crate) taken: AtomicU64,
     /// Rows dropped without a thread's counter (after shutdown, or while the thread's counters
     /// are torn down); see [`Queue::dropped`] for the total.
     dropped: AtomicU64,
-    pub(crate) sent: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) diagnostic_rows: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -98,7 +95,7 @@ pub(crate) struct Queue {
     shards: Mutex<Shards>,
     /// Rows written without a thread slot (from thread-local destructors).
     unslotted: AtomicU64,
-    pub(crate) counters: Counters,
+    pub(crate) counters: QueueCounters,
 }
 
 impl Queue {
@@ -125,7 +122,7 @@ impl Queue {
             stopped: AtomicBool::new(false),
             shards: Mutex::new(Shards::default()),
             unslotted: AtomicU64::new(0),
-            counters: Counters::default(),
+            counters: QueueCounters::default(),
         }
     }
 

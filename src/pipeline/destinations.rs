@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 /// A destination: rule and stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Target {
+pub(crate) struct Destination {
     pub(crate) rule_id: String,
     pub(crate) stream: String,
 }
@@ -26,13 +26,13 @@ pub struct StreamStats {
 }
 
 #[derive(Debug)]
-pub(crate) struct Streams {
+pub(crate) struct Destinations {
     entries: Mutex<Vec<StreamStats>>,
 }
 
-impl Streams {
-    pub(crate) fn new(main: Target) -> Self {
-        let streams = Streams {
+impl Destinations {
+    pub(crate) fn new(main: Destination) -> Self {
+        let streams = Destinations {
             entries: Mutex::new(Vec::new()),
         };
         streams.id_for(&main);
@@ -40,7 +40,7 @@ impl Streams {
     }
 
     /// The id of `target`, adding it if new.
-    pub(crate) fn id_for(&self, target: &Target) -> u32 {
+    pub(crate) fn id_for(&self, target: &Destination) -> u32 {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = entries
             .iter()
@@ -57,9 +57,9 @@ impl Streams {
         (entries.len() - 1) as u32
     }
 
-    pub(crate) fn target(&self, id: u32) -> Option<Target> {
+    pub(crate) fn get(&self, id: u32) -> Option<Destination> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(id as usize).map(|e| Target {
+        entries.get(id as usize).map(|e| Destination {
             rule_id: e.rule_id.clone(),
             stream: e.stream.clone(),
         })

@@ -1,0 +1,320 @@
+//! The worker against a scripted, in-memory [`Transport`]: batching, flush ordering, failure
+//! accounting and shutdown, without HTTP. Every wait has a deadline.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::{Control, Worker, WorkerConfig};
+use crate::client::batch::Batch;
+use crate::client::{FailedBatch, FailureReason, SendOutcome};
+use crate::pipeline::Incomplete;
+use crate::pipeline::destinations::{Destination, Destinations};
+use crate::pipeline::guard::request_flush;
+use crate::pipeline::queue::{FullPolicy, Queue};
+use crate::pipeline::stats::Outcomes;
+use crate::pipeline::transport::{Sending, Transport};
+use crate::row::{Columns, RowShape};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What the scripted transport does with a batch.
+#[derive(Clone)]
+enum Script {
+    Accept,
+    Fail,
+    /// Wait for a permit from [`Scripted::release`], then accept.
+    Hold,
+    Panic,
+}
+
+/// A batch as the transport received it: its row ids and rows.
+#[derive(Clone, Debug)]
+struct Received {
+    rows: Vec<String>,
+    array_len: usize,
+}
+
+struct Scripted {
+    max_uncompressed: usize,
+    script: Box<dyn Fn(usize) -> Script + Send + Sync>,
+    received: Mutex<Vec<Received>>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Scripted {
+    /// `script` decides by the batch's number (0 for the first batch received).
+    fn new(max_uncompressed: usize, script: impl Fn(usize) -> Script + Send + Sync + 'static) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            max_uncompressed,
+            script: Box::new(script),
+            received: Mutex::new(Vec::new()),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        })
+    }
+
+    fn release(&self, uploads: usize) {
+        self.gate.add_permits(uploads);
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Transport for Scripted {
+    fn send(&self, _: &Destination, batch: Batch) -> Sending {
+        let rows: Vec<String> = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+        let array_len = rows.iter().map(String::len).sum::<usize>() + rows.len().saturating_sub(1) + 2;
+        let number = {
+            let mut received = self.received.lock().unwrap();
+            received.push(Received { rows, array_len });
+            received.len() - 1
+        };
+        let script = (self.script)(number);
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            let result = match script {
+                Script::Accept => None,
+                Script::Fail => Some(FailureReason::Rejected {
+                    status: 400,
+                    code: None,
+                    message: "scripted".into(),
+                    hint: "scripted",
+                }),
+                Script::Hold => {
+                    gate.acquire().await.expect("the gate stays open").forget();
+                    None
+                }
+                Script::Panic => panic!("scripted panic"),
+            };
+            vec![(
+                batch,
+                SendOutcome {
+                    attempts: 1,
+                    wire_bytes: 0,
+                    result,
+                },
+            )]
+        })
+    }
+
+    fn max_concurrency(&self) -> usize {
+        2
+    }
+
+    fn max_uncompressed(&self) -> usize {
+        self.max_uncompressed
+    }
+}
+
+struct Harness {
+    queue: Arc<Queue>,
+    outcomes: Arc<Outcomes>,
+    destinations: Arc<Destinations>,
+    control: Sender<Control>,
+    worker: Option<JoinHandle<()>>,
+    failures: Arc<Mutex<Vec<FailedBatch>>>,
+}
+
+impl Harness {
+    fn start(transport: Arc<Scripted>) -> Harness {
+        let queue = Arc::new(Queue::new(65_536, 8 << 20, FullPolicy::DropNewest));
+        let outcomes = Arc::new(Outcomes::default());
+        let destinations = Arc::new(Destinations::new(Destination {
+            rule_id: "dcr-test".into(),
+            stream: "Custom-Test_CL".into(),
+        }));
+        let failures: Arc<Mutex<Vec<FailedBatch>>> = Arc::default();
+        let sink = failures.clone();
+        let config = WorkerConfig {
+            max_delay: Duration::from_millis(20),
+            diagnostic_interval: Duration::from_secs(60),
+            on_error: Some(Arc::new(move |f| sink.lock().unwrap().push(f))),
+            shape: Arc::new(RowShape::new(&Columns::default())),
+        };
+        let (control, control_rx) = crossbeam_channel::unbounded();
+        let worker = Worker::new(queue.clone(), destinations.clone(), transport, outcomes.clone(), config)
+            .spawn(control_rx)
+            .unwrap();
+        Harness {
+            queue,
+            outcomes,
+            destinations,
+            control,
+            worker: Some(worker),
+            failures,
+        }
+    }
+
+    /// Pushes rows `{"i":from}` .. `{"i":to-1}` on the main stream.
+    fn push(&self, rows: std::ops::Range<u64>) {
+        for i in rows {
+            let mut row = self.queue.buffer();
+            row.extend_from_slice(format!("{{\"i\":{i}}}").as_bytes());
+            assert!(self.queue.push(0, row));
+        }
+    }
+
+    fn flush(&self, timeout: Duration) -> Option<Incomplete> {
+        request_flush(&self.control, Some(timeout))
+    }
+
+    fn sent(&self) -> u64 {
+        self.outcomes.sent.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) -> u64 {
+        self.outcomes.failed.load(Ordering::Relaxed)
+    }
+
+    fn shutdown(&mut self) {
+        let (reply, done) = crossbeam_channel::bounded(1);
+        self.control.send(Control::Shutdown { reply }).unwrap();
+        done.recv_timeout(WAIT).expect("the worker stopped");
+        self.worker.take().unwrap().join().unwrap();
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if self.worker.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn row_numbers(rows: &[String]) -> Vec<u64> {
+    rows.iter()
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(r).unwrap()["i"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn batches_stay_within_the_cap_and_keep_the_rows_in_order() {
+    let transport = Scripted::new(200, |_| Script::Accept);
+    let h = Harness::start(transport.clone());
+    h.push(0..500);
+    assert_eq!(h.flush(WAIT), None);
+    let received = transport.received();
+    assert!(received.len() >= 500 * 8 / 200, "{} batches", received.len());
+    for batch in &received {
+        assert!(batch.array_len <= 200, "a batch of {} bytes", batch.array_len);
+    }
+    let all: Vec<String> = received.iter().flat_map(|b| b.rows.clone()).collect();
+    assert_eq!(
+        row_numbers(&all),
+        (0..500).collect::<Vec<_>>(),
+        "every row once, in order"
+    );
+    assert_eq!(h.sent(), 500);
+    assert_eq!(h.failed(), 0);
+}
+
+#[test]
+fn a_flush_returns_only_once_every_earlier_batch_has_settled() {
+    let transport = Scripted::new(1 << 20, |_| Script::Hold);
+    let h = Harness::start(transport.clone());
+    h.push(0..10);
+    assert_eq!(
+        h.flush(Duration::from_millis(300)),
+        Some(Incomplete::TimedOut),
+        "the upload is held"
+    );
+    assert_eq!(h.sent(), 0);
+    h.push(10..20);
+    wait_until("the first batch is in flight", || !transport.received().is_empty());
+    // Release one upload at a time: the flush answers only when every batch before it settled.
+    let (reply, done) = crossbeam_channel::bounded(1);
+    h.control.send(Control::Flush { reply }).unwrap();
+    transport.release(1);
+    wait_until("one batch settled", || h.sent() > 0);
+    if transport.received().len() > 1 {
+        assert!(
+            done.recv_timeout(Duration::from_millis(100)).is_err(),
+            "answered before the second batch settled"
+        );
+    }
+    transport.release(100);
+    done.recv_timeout(WAIT)
+        .expect("the flush is answered once everything settled");
+    assert_eq!(h.sent(), 20);
+}
+
+#[test]
+fn failed_batches_are_counted_once_and_reported_with_their_rows() {
+    // Every other batch is refused.
+    let transport = Scripted::new(100, |n| if n % 2 == 1 { Script::Fail } else { Script::Accept });
+    let h = Harness::start(transport.clone());
+    h.push(0..300);
+    assert_eq!(h.flush(WAIT), None);
+    let received = transport.received();
+    let refused: Vec<u64> = received
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| n % 2 == 1)
+        .flat_map(|(_, b)| row_numbers(&b.rows))
+        .collect();
+    assert!(!refused.is_empty());
+    let failures = h.failures.lock().unwrap().clone();
+    let reported: Vec<u64> = failures.iter().flat_map(|f| row_numbers(f.rows())).collect();
+    assert_eq!(reported, refused, "on_error got exactly the refused rows, once");
+    assert_eq!(h.failed(), refused.len() as u64);
+    assert_eq!(h.sent() + h.failed(), 300);
+    let per_stream = &h.destinations.snapshot()[0];
+    assert_eq!((per_stream.sent, per_stream.failed), (h.sent(), h.failed()));
+    assert!(failures.iter().all(|f| f.stream() == "Custom-Test_CL"));
+}
+
+#[test]
+fn shutdown_fails_what_is_in_flight_waiting_open_or_queued() {
+    let transport = Scripted::new(100, |_| Script::Hold);
+    let mut h = Harness::start(transport.clone());
+    h.push(0..1_000);
+    wait_until("uploads are in flight", || transport.received().len() == 2);
+    h.shutdown();
+    let (enqueued, dropped) = h.queue.counts();
+    assert_eq!(h.sent(), 0);
+    assert_eq!(h.failed() + dropped, 1_000, "every row failed or dropped, none lost");
+    assert_eq!(enqueued + dropped, 1_000);
+    let failures = h.failures.lock().unwrap();
+    let reported: usize = failures.iter().map(FailedBatch::len).sum();
+    assert_eq!(reported as u64, h.failed());
+    assert!(
+        failures
+            .iter()
+            .all(|f| matches!(f.reason(), FailureReason::Shutdown(_))),
+        "{failures:?}"
+    );
+}
+
+#[test]
+fn a_panicking_upload_fails_its_batch_as_a_bug_and_the_worker_goes_on() {
+    let transport = Scripted::new(1 << 20, |n| if n == 0 { Script::Panic } else { Script::Accept });
+    let h = Harness::start(transport.clone());
+    h.push(0..5);
+    assert_eq!(h.flush(WAIT), None);
+    h.push(5..8);
+    assert_eq!(h.flush(WAIT), None);
+    assert_eq!((h.sent(), h.failed()), (3, 5));
+    let failures = h.failures.lock().unwrap();
+    assert!(
+        matches!(failures[0].reason(), FailureReason::UploadPanicked { message } if message.contains("scripted panic")),
+        "{failures:?}"
+    );
+}
