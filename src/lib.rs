@@ -62,7 +62,6 @@ mod logger;
 mod pipeline;
 mod route;
 pub mod row;
-mod span_stack;
 pub mod table;
 
 pub mod log_bridge {

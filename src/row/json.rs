@@ -348,4 +348,11 @@ mod tests {
         out.push(b']');
         assert_eq!(as_json(&out), serde_json::json!([12.5, null, null]));
     }
+
+    #[test]
+    fn rows_must_be_objects() {
+        assert!(serialize_row(&serde_json::json!({"a": 1})).is_ok());
+        assert_eq!(serialize_row(&[1, 2]).unwrap_err(), "it serializes to an array");
+        assert_eq!(serialize_row(&5).unwrap_err(), "it serializes to a number");
+    }
 }

@@ -177,26 +177,39 @@ pub(crate) fn exit(layer: u64, span: &Id) {
     });
 }
 
-/// Calls `f` with the current span of `layer` on this thread and its cached scope: `Some(None)`
-/// when there is no current span, `None` when the stack cannot be read (the thread's locals are
-/// being torn down, a re-entrant call, or an enter or exit was lost), in which case the caller
-/// asks the registry. `f` must not emit events.
-pub(crate) fn with_current<R>(layer: u64, f: impl FnOnce(Id, &mut Scope) -> R) -> Option<Option<R>> {
-    LOCAL
-        .try_with(|local| {
-            if local.lost.get() {
-                return None;
-            }
-            let mut stack = local.stack.try_borrow_mut().ok()?;
-            let current = stack
-                .entered
-                .iter_mut()
-                .rev()
-                .find(|e| e.layer == layer && !e.duplicate);
-            Some(current.map(|e| f(Id::from_u64(e.span), &mut e.scope)))
-        })
-        .ok()
-        .flatten()
+/// What [`with_current`] found on this thread's stack.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Current<R> {
+    /// The current span of the layer: what `f` returned for it.
+    Span(R),
+    /// The layer has no current span on this thread.
+    None,
+    /// The stack cannot be read (the thread's locals are being torn down, a re-entrant call, or
+    /// an enter or exit was lost): ask the registry.
+    Unknown,
+}
+
+/// Calls `f` with the current span of `layer` on this thread and its cached scope. `f` must not
+/// emit events.
+pub(crate) fn with_current<R>(layer: u64, f: impl FnOnce(Id, &mut Scope) -> R) -> Current<R> {
+    let found = LOCAL.try_with(|local| {
+        if local.lost.get() {
+            return Current::Unknown;
+        }
+        let Ok(mut stack) = local.stack.try_borrow_mut() else {
+            return Current::Unknown;
+        };
+        let current = stack
+            .entered
+            .iter_mut()
+            .rev()
+            .find(|e| e.layer == layer && !e.duplicate);
+        match current {
+            Some(e) => Current::Span(f(Id::from_u64(e.span), &mut e.scope)),
+            None => Current::None,
+        }
+    });
+    found.unwrap_or(Current::Unknown)
 }
 
 #[cfg(test)]
@@ -208,7 +221,11 @@ mod tests {
     }
 
     fn now(layer: u64) -> Option<u64> {
-        with_current(layer, |id, _| id.into_u64()).expect("readable")
+        match with_current(layer, |id, _| id.into_u64()) {
+            Current::Span(id) => Some(id),
+            Current::None => None,
+            Current::Unknown => panic!("the stack is readable"),
+        }
     }
 
     #[test]
@@ -245,7 +262,11 @@ mod tests {
             enter(layer, &id(1));
             // As if an extension's `Drop` entered a span while an event reads its scope.
             with_current(layer, |_, _| enter(layer, &id(2)));
-            assert_eq!(with_current(layer, |id, _| id), None, "the stack is no longer trusted");
+            assert_eq!(
+                with_current(layer, |id, _| id),
+                Current::Unknown,
+                "the stack is no longer trusted"
+            );
         })
         .join()
         .unwrap();
@@ -262,9 +283,9 @@ mod tests {
             scope.versions.push((version.clone(), 0));
             scope.valid = true;
         });
-        assert_eq!(with_current(layer, |_, scope| scope.is_fresh()), Some(Some(true)));
+        assert_eq!(with_current(layer, |_, scope| scope.is_fresh()), Current::Span(true));
         version.fetch_add(1, Ordering::Release);
-        assert_eq!(with_current(layer, |_, scope| scope.is_fresh()), Some(Some(false)));
+        assert_eq!(with_current(layer, |_, scope| scope.is_fresh()), Current::Span(false));
         exit(layer, &id(1));
         // The next entry reuses the scope, cleared.
         enter(layer, &id(2));
@@ -280,7 +301,7 @@ mod tests {
         let layer = next_layer_id();
         let version: Version = Arc::default();
         let encode = |n: u64| {
-            with_current(layer, |_, scope| {
+            let current = with_current(layer, |_, scope| {
                 if !scope.is_fresh() {
                     scope.clear();
                     scope.encoded.extend_from_slice(format!("[{n}").as_bytes());
@@ -289,9 +310,11 @@ mod tests {
                     scope.leaf_versioned = true;
                 }
                 scope.encoded.clone()
-            })
-            .unwrap()
-            .unwrap()
+            });
+            match current {
+                Current::Span(encoded) => encoded,
+                other => panic!("no current span: {:?}", matches!(other, Current::None)),
+            }
         };
         // A task's span, entered at each poll.
         enter(layer, &id(1));
@@ -307,7 +330,7 @@ mod tests {
         exit(layer, &id(1));
         // Another span with another id does not get it.
         enter(layer, &id(9));
-        assert_eq!(with_current(layer, |_, scope| scope.valid), Some(Some(false)));
+        assert_eq!(with_current(layer, |_, scope| scope.valid), Current::Span(false));
         exit(layer, &id(9));
         // Only a few are kept.
         for n in 100..100 + RECENT_SCOPES as u64 + 1 {

@@ -12,20 +12,24 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tracing::field::Field;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::layer::Context;
-use tracing_subscriber::registry::{LookupSpan, SpanRef};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::pipeline::queue::Queue;
 use crate::route::Routes;
 use crate::row::RowShape;
 use crate::row::encode::{write_head, write_tail, write_time_column};
-use crate::row::fields::{CachedKeys, EventFields, FieldSink, Fields};
-use crate::row::json::{key, write_str};
-use crate::span_stack;
+use crate::row::fields::{CachedKeys, EventFields, Fields};
+use crate::row::json::key;
+mod callsite;
+mod span_fields;
+pub(crate) mod span_stack;
+
+use callsite::{Callsite, append_members, cached};
+use span_fields::{SpanFields, write_event_scope};
 
 /// Ships each event as a row to the Logs Ingestion API, through the pipeline that
 /// [`AzureLogsBuilder::build`](crate::AzureLogsBuilder::build) starts. Composes with `EnvFilter`,
@@ -51,115 +55,17 @@ impl std::fmt::Debug for AzureLogsLayer {
     }
 }
 
-/// A span's fields, encoded once: `{"name":"request","fields":{"method":"GET"}}`.
-#[derive(Clone)]
-struct SpanFields {
-    name: &'static str,
-    members: Vec<(&'static str, Vec<u8>)>,
-    encoded: Vec<u8>,
-    /// Advanced after `encoded` changes (and when the span closes): scopes cached in the
-    /// threads' [`span_stack`]s that hold this span are then encoded again. Shared by copies.
-    version: span_stack::Version,
-}
-
-impl SpanFields {
-    fn encode(&mut self) {
-        let out = &mut self.encoded;
-        out.clear();
-        out.extend_from_slice(b"{\"name\":");
-        write_str(out, self.name);
-        out.extend_from_slice(b",\"fields\":{");
-        for (i, (name, value)) in self.members.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_str(out, name);
-            out.push(b':');
-            out.extend_from_slice(value);
-        }
-        out.extend_from_slice(b"}}");
-    }
-}
-
-/// A recorded field replaces an earlier value of the same name.
-impl FieldSink for &mut SpanFields {
-    fn slot(&mut self, field: &Field) -> Option<&mut Vec<u8>> {
-        let name = field.name();
-        let index = match self.members.iter().position(|(n, _)| *n == name) {
-            Some(i) => i,
-            None => {
-                self.members.push((name, Vec::new()));
-                self.members.len() - 1
-            }
-        };
-        let value = &mut self.members[index].1;
-        value.clear();
-        Some(value)
-    }
-}
-
 thread_local! {
     /// Per-thread scratch: the message field, and the parts of rows that depend only on the
     /// callsite (and this thread), encoded once.
-    static LOCAL: RefCell<Local> = const { RefCell::new(Local { message: Vec::new(), callsites: Vec::new() }) };
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { message: Vec::new(), callsites: Vec::new() }) };
 }
 
-struct Local {
+/// A thread's scratch space for encoding events.
+struct Scratch {
     message: Vec<u8>,
     /// A direct-mapped cache of [`CALLSITE_SLOTS`] entries, allocated on first use.
     callsites: Vec<Callsite>,
-}
-
-const CALLSITE_SLOTS: usize = 512;
-
-/// The pre-encoded parts of rows from one callsite, for one row shape, on one thread.
-#[derive(Default)]
-struct Callsite {
-    meta: usize,
-    shape: u64,
-    /// `,"Level":"INFO","Target":"app::http"` and the static columns.
-    head: Vec<u8>,
-    /// `,"File":"src/main.rs","Line":12,"Thread":"main"}`.
-    tail: Vec<u8>,
-    /// `"name":` for each field of the callsite, by field index.
-    keys: Vec<Vec<u8>>,
-    /// The index of the `message` field, if the callsite has one.
-    message: Option<usize>,
-}
-
-/// The cached parts for `meta` and `shape`, encoded on a miss (first use, or a slot collision),
-/// reusing the slot's buffers.
-fn cached<'a>(callsites: &'a mut Vec<Callsite>, shape: &RowShape, meta: &'static Metadata<'static>) -> &'a Callsite {
-    if callsites.is_empty() {
-        callsites.resize_with(CALLSITE_SLOTS, Callsite::default);
-    }
-    let (meta_id, shape_id) = (meta as *const Metadata<'static> as usize, shape.id);
-    let slot = (meta_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 55) % CALLSITE_SLOTS;
-    let entry = &mut callsites[slot];
-    if entry.meta != meta_id || entry.shape != shape_id {
-        entry.meta = meta_id;
-        entry.shape = shape_id;
-        entry.head.clear();
-        write_head(shape, &mut entry.head, meta.level(), meta.target());
-        entry.tail.clear();
-        write_tail(shape, &mut entry.tail, meta.file(), meta.line());
-        entry.keys.resize_with(meta.fields().len(), Vec::new);
-        entry.message = meta.fields().field("message").map(|f| f.index());
-        for (field, key) in meta.fields().iter().zip(&mut entry.keys) {
-            key.clear();
-            write_str(key, field.name());
-            key.push(b':');
-        }
-    }
-    entry
-}
-
-/// Appends pre-encoded members that start with a comma, dropping it right after `{`.
-fn append_members(row: &mut Vec<u8>, members: &[u8]) {
-    match members.split_first() {
-        Some((b',', rest)) if row.last() == Some(&b'{') => row.extend_from_slice(rest),
-        _ => row.extend_from_slice(members),
-    }
 }
 
 impl<S> tracing_subscriber::Layer<S> for AzureLogsLayer
@@ -246,41 +152,61 @@ where
         let stream = self.routes.stream_for(meta.target(), event);
 
         let mut row = queue.buffer();
-        let encoded = LOCAL
+        let encoded = SCRATCH
             .try_with(|local| {
                 // Already borrowed: an event emitted while this thread formats a field.
                 let Ok(mut local) = local.try_borrow_mut() else {
                     return false;
                 };
-                let Local { message, callsites } = &mut *local;
+                let Scratch { message, callsites } = &mut *local;
                 // `log` records share one callsite per level, with other metadata each time.
                 let callsite = (!from_log).then(|| cached(callsites, &self.shape, event.metadata()));
-                self.encode_event(&mut row, message, event, meta, from_log, callsite, &ctx);
+                let input = EventInput {
+                    event,
+                    meta,
+                    from_log,
+                    callsite,
+                };
+                self.encode_event(&mut row, message, &input, &ctx);
                 true
             })
             .unwrap_or(false);
         if !encoded {
             // Re-entrant events, exiting threads.
-            self.encode_event(&mut row, &mut Vec::new(), event, meta, from_log, None, &ctx);
+            let input = EventInput {
+                event,
+                meta,
+                from_log,
+                callsite: None,
+            };
+            self.encode_event(&mut row, &mut Vec::new(), &input, &ctx);
         }
         queue.push(stream, row);
     }
 }
 
+/// What an event's row is made of, besides the layer's settings.
+struct EventInput<'a> {
+    event: &'a Event<'a>,
+    /// The event's metadata, or the `log` record's for events from tracing-log.
+    meta: &'a Metadata<'a>,
+    from_log: bool,
+    /// The callsite's pre-encoded parts, when cached (not for `log` records).
+    callsite: Option<&'a Callsite>,
+}
+
 impl AzureLogsLayer {
-    #[allow(clippy::too_many_arguments)]
-    fn encode_event<S>(
-        &self,
-        row: &mut Vec<u8>,
-        message: &mut Vec<u8>,
-        event: &Event<'_>,
-        meta: &Metadata<'_>,
-        from_log: bool,
-        callsite: Option<&Callsite>,
-        ctx: &Context<'_, S>,
-    ) where
+    /// Encodes the event as one JSON row into `row`, with `message` as scratch for the message.
+    fn encode_event<S>(&self, row: &mut Vec<u8>, message: &mut Vec<u8>, input: &EventInput<'_>, ctx: &Context<'_, S>)
+    where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
+        let EventInput {
+            event,
+            meta,
+            from_log,
+            callsite,
+        } = *input;
         let shape = &*self.shape;
         row.push(b'{');
         write_time_column(shape, row);
@@ -329,74 +255,5 @@ impl AzureLogsLayer {
             Some(c) => append_members(row, &c.tail),
             None => write_tail(shape, row, meta.file(), meta.line()),
         }
-    }
-}
-
-/// Writes `[` and the encoded spans of the event's scope (the spans `Context::event_scope`
-/// names), root first. For an event in the current span, from the scope cached in this layer's
-/// own [`span_stack`] (not the registry's stack: see there why), encoded again when a span in
-/// it changed; otherwise (an explicit parent, or the stack cannot be read) from the registry.
-fn write_event_scope<S>(layer: Option<u64>, row: &mut Vec<u8>, event: &Event<'_>, ctx: &Context<'_, S>)
-where
-    S: Subscriber + for<'l> LookupSpan<'l>,
-{
-    if event.is_contextual()
-        && let Some(layer) = layer
-    {
-        let cached = span_stack::with_current(layer, |id, scope| {
-            if !scope.is_fresh() {
-                scope.clear();
-                scope.encoded.push(b'[');
-                // A span the registry no longer has (its guard was leaked, then it closed) is
-                // looked up again at the next event.
-                if let Some(leaf) = ctx.span(&id) {
-                    scope.leaf_versioned = leaf.extensions().get::<SpanFields>().is_some();
-                    write_scope(&mut scope.encoded, Some(&mut scope.versions), leaf, 0);
-                    scope.valid = true;
-                }
-            }
-            row.extend_from_slice(&scope.encoded);
-        });
-        match cached {
-            Some(Some(())) => return,
-            Some(None) => {
-                row.push(b'[');
-                return;
-            }
-            None => {}
-        }
-    }
-    row.push(b'[');
-    if let Some(leaf) = ctx.event_span(event) {
-        write_scope(row, None, leaf, 0);
-    }
-}
-
-/// Spans nested deeper than this are left out of an event's `Spans`, root side first.
-const MAX_SPAN_DEPTH: usize = 64;
-
-/// Writes the encoded fields of `span`'s ancestors, root first, then its own; with `versions`,
-/// also each span's version, read before its encoding.
-fn write_scope<S>(
-    row: &mut Vec<u8>,
-    mut versions: Option<&mut Vec<(span_stack::Version, u64)>>,
-    span: SpanRef<'_, S>,
-    depth: usize,
-) where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    if depth + 1 < MAX_SPAN_DEPTH
-        && let Some(parent) = span.parent()
-    {
-        write_scope(row, versions.as_deref_mut(), parent, depth + 1);
-    }
-    if let Some(fields) = span.extensions().get::<SpanFields>() {
-        if let Some(versions) = versions {
-            versions.push((fields.version.clone(), fields.version.load(Ordering::Acquire)));
-        }
-        if row.last() != Some(&b'[') {
-            row.push(b',');
-        }
-        row.extend_from_slice(&fields.encoded);
     }
 }
