@@ -83,8 +83,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod checks;
 mod credential;
 mod faults;
+mod ingest;
 mod schema;
 mod server;
 mod state;

@@ -1,7 +1,6 @@
 //! The HTTP server: its thread and runtime, the accept loop and the hyper service.
 
 use std::fmt;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -16,13 +15,13 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use super::EmulatorError;
+use super::checks::{check_api_version, check_destination, check_method, check_route, check_size, check_token, decode};
 use super::faults::{Fault, status_error_code};
-use super::schema::{Lookup, process_row};
-use super::state::{Chunk, RequestRecord, Shared, Stored};
+use super::ingest::ingest;
+use super::state::{RequestRecord, Shared, Stored};
 
 /// The service's cap on the request body as sent (`Content-Length`), in bytes.
 pub const MAX_CONTENT_LENGTH: usize = 1_048_576;
@@ -39,7 +38,7 @@ const GRACEFUL_WAIT: Duration = Duration::from_millis(500);
 /// How long the handle waits for the server thread to exit.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
 
-type Body = Full<Bytes>;
+pub(super) type Body = Full<Bytes>;
 
 /// The error a service returns to make hyper close the connection without answering.
 #[derive(Debug)]
@@ -200,13 +199,13 @@ async fn serve_connection(
 
 /// Records the request when it ends; a request dropped mid-way (client gone, hyper cancelled
 /// the service future) is recorded as a dropped connection.
-struct Recorder {
+pub(super) struct Recorder {
     shared: Arc<Shared>,
     record: Option<RequestRecord>,
 }
 
 impl Recorder {
-    fn rec(&mut self) -> &mut RequestRecord {
+    pub(super) fn rec(&mut self) -> &mut RequestRecord {
         self.record.as_mut().expect("record taken only on finish")
     }
 
@@ -222,9 +221,14 @@ impl Recorder {
         }
     }
 
-    fn error(&mut self, status: u16, code: &str, message: &str) -> Response<Body> {
+    pub(super) fn error(&mut self, status: u16, code: &str, message: &str) -> Response<Body> {
         self.finish(Some(status), Some(code), None);
         error_response(status, code, message)
+    }
+
+    /// [`error`](Self::error), boxed for a [`Checked`] result.
+    pub(super) fn refuse(&mut self, status: u16, code: &str, message: &str) -> Box<Response<Body>> {
+        Box::new(self.error(status, code, message))
     }
 }
 
@@ -281,7 +285,7 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-enum Route {
+pub(super) enum Route {
     Upload { rule_id: String, stream: String },
     NotFound,
     BadEncoding,
@@ -312,7 +316,7 @@ fn api_version(query: Option<&str>) -> Option<String> {
     })
 }
 
-enum BodyRead {
+pub(super) enum BodyRead {
     Complete(Bytes),
     /// Longer than the cap (read and discarded up to `DRAIN_LIMIT`).
     TooLarge,
@@ -356,92 +360,148 @@ async fn read_body(
     })
 }
 
-fn content_length_message(n: u64) -> String {
+pub(super) fn content_length_message(n: u64) -> String {
     format!("Maximum allowed content length: {MAX_CONTENT_LENGTH} bytes (1 MB). Provided content length: {n} bytes.")
 }
 
+/// Answers one request. The checks run in the order the module docs list: the body is read
+/// (bounded), an injected fault applies, then route, method, api-version, token, rule/stream,
+/// size, encoding, JSON shape, rows.
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Response<Body>, Dropped> {
-    let started = Instant::now();
-    let received_at = SystemTime::now();
     let (fault, token) = shared.enter();
     let (parts, mut body) = req.into_parts();
-    let headers = &parts.headers;
-    let content_length = headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let path = parts.uri.path().to_owned();
-    let route = route(&path);
+    let route = route(parts.uri.path());
     let api_version = api_version(parts.uri.query());
-    let mut rec = Recorder {
-        shared: shared.clone(),
-        record: Some(RequestRecord {
-            seq: 0,
-            received_at,
-            started,
-            duration: Duration::ZERO,
-            method: parts.method.to_string(),
-            path: path.clone(),
-            rule_id: None,
-            stream: None,
-            api_version: api_version.clone(),
-            http_version: format!("{:?}", parts.version),
-            status: None,
-            error_code: None,
-            fault: fault.clone(),
-            content_length,
-            wire_bytes: 0,
-            uncompressed_bytes: None,
-            content_type: header(headers, "content-type"),
-            content_encoding: header(headers, "content-encoding"),
-            user_agent: header(headers, "user-agent"),
-            client_request_id: header(headers, "x-ms-client-request-id"),
-            authorized: false,
-            rows: 0,
-        }),
-    };
-    if let Route::Upload { rule_id, stream } = &route {
-        rec.rec().rule_id = Some(rule_id.clone());
-        rec.rec().stream = Some(stream.clone());
-    }
-    let authorized = match &token {
-        None => true,
-        Some(expected) => headers
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .is_some_and(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && t.trim() == expected.secret()),
-    };
+    let mut rec = Recorder::start(&shared, &parts, &route, api_version.clone(), fault.clone());
+    let authorized = bearer_matches(&parts.headers, token.as_ref());
     rec.rec().authorized = authorized;
 
-    // Read the body first (bounded), so that every answer reaches a client still sending.
+    let body = read_request_body(&mut body, &mut rec, &mut shutdown).await?;
+    if let Some(answer) = apply_fault(fault, &mut rec, &mut shutdown).await? {
+        return Ok(answer);
+    }
+    let answered = async {
+        let (rule_id, stream) = check_route(route, parts.uri.path(), &mut rec)?;
+        check_method(&parts.method, &mut rec)?;
+        check_api_version(api_version.as_deref(), &mut rec)?;
+        check_token(authorized, &parts.headers, &mut rec)?;
+        let schema = check_destination(&shared, &rule_id, &stream, &mut rec)?;
+        let wire_body = check_size(body, &mut rec)?;
+        let text = decode(&shared, wire_body, &mut rec)?;
+        match ingest(&shared, text, &stream, schema) {
+            Ok((rows, chunk)) => {
+                rec.finish(Some(204), None, Some((&stream, rows, chunk)));
+                Ok(no_content())
+            }
+            Err((status, code, message)) => Err(rec.refuse(status, code, &message)),
+        }
+    };
+    Ok(answered.await.unwrap_or_else(|error| *error))
+}
+
+impl Recorder {
+    /// Starts the record of a request that just arrived.
+    fn start(
+        shared: &Arc<Shared>,
+        parts: &hyper::http::request::Parts,
+        route: &Route,
+        api_version: Option<String>,
+        fault: Option<Fault>,
+    ) -> Recorder {
+        let headers = &parts.headers;
+        let (rule_id, stream) = match route {
+            Route::Upload { rule_id, stream } => (Some(rule_id.clone()), Some(stream.clone())),
+            _ => (None, None),
+        };
+        Recorder {
+            shared: shared.clone(),
+            record: Some(RequestRecord {
+                seq: 0,
+                received_at: SystemTime::now(),
+                started: Instant::now(),
+                duration: Duration::ZERO,
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_owned(),
+                rule_id,
+                stream,
+                api_version,
+                http_version: format!("{:?}", parts.version),
+                status: None,
+                error_code: None,
+                fault,
+                content_length: content_length(headers),
+                wire_bytes: 0,
+                uncompressed_bytes: None,
+                content_type: header(headers, "content-type"),
+                content_encoding: header(headers, "content-encoding"),
+                user_agent: header(headers, "user-agent"),
+                client_request_id: header(headers, "x-ms-client-request-id"),
+                authorized: false,
+                rows: 0,
+            }),
+        }
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Whether the request carries `Bearer <expected>` (always, when auth is off).
+fn bearer_matches(headers: &HeaderMap, expected: Option<&azure_core::credentials::Secret>) -> bool {
+    let Some(expected) = expected else { return true };
+    headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .is_some_and(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && t.trim() == expected.secret())
+}
+
+/// Reads the body first (bounded), so that every answer reaches a client still sending. A body
+/// cut off, a client gone or too slow, or a shutdown: no answer.
+async fn read_request_body(
+    body: &mut Incoming,
+    rec: &mut Recorder,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<BodyRead, Dropped> {
+    let content_length = rec.rec().content_length;
     let too_large_header = content_length.is_some_and(|n| n > MAX_CONTENT_LENGTH as u64);
     let mut wire = 0u64;
     let body_read = if too_large_header && content_length.unwrap_or(0) > DRAIN_LIMIT {
         Ok(Ok(BodyRead::TooLarge))
     } else {
-        let read = read_body(&mut body, MAX_CONTENT_LENGTH, content_length, &mut wire);
+        let read = read_body(body, MAX_CONTENT_LENGTH, content_length, &mut wire);
         tokio::select! {
             r = read => Ok(r),
             _ = tokio::time::sleep(BODY_READ_TIMEOUT) => Err(()),
-            _ = stopped(&mut shutdown) => Err(()),
+            _ = stopped(shutdown) => Err(()),
         }
     };
     rec.rec().wire_bytes = wire;
-    let body = match body_read {
-        Ok(Ok(b)) => b,
-        // Body cut off, client gone, too slow, or shutting down: no answer.
+    match body_read {
+        Ok(Ok(b)) => Ok(b),
         Ok(Err(_)) | Err(()) => {
             rec.finish(None, None, None);
-            return Err(Dropped);
+            Err(Dropped)
         }
-    };
+    }
+}
 
-    match fault {
+/// The injected fault's answer, if it answers instead of the service; latency waits first.
+async fn apply_fault(
+    fault: Option<Fault>,
+    rec: &mut Recorder,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Response<Body>>, Dropped> {
+    let answer = match fault {
+        None => return Ok(None),
         Some(Fault::Throttle { retry_after_secs }) => {
             let mut resp = rec.error(
                 429,
@@ -450,7 +510,7 @@ async fn handle(
             );
             resp.headers_mut()
                 .insert(hyper::header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            return Ok(resp);
+            resp
         }
         Some(Fault::ThrottleMs { retry_after_ms }) => {
             let mut resp = rec.error(
@@ -462,15 +522,15 @@ async fn handle(
                 HeaderName::from_static("retry-after-ms"),
                 HeaderValue::from(retry_after_ms),
             );
-            return Ok(resp);
+            resp
         }
         Some(Fault::Status(status)) => {
             let status = if (200..=999).contains(&status) { status } else { 500 };
-            return Ok(rec.error(
+            rec.error(
                 status,
                 status_error_code(status),
                 &format!("Injected fault: status {status}."),
-            ));
+            )
         }
         Some(Fault::DropConnection) => {
             rec.finish(None, None, None);
@@ -478,8 +538,8 @@ async fn handle(
         }
         Some(Fault::Latency(delay)) => {
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = stopped(&mut shutdown) => {
+                _ = tokio::time::sleep(delay) => return Ok(None),
+                _ = stopped(shutdown) => {
                     rec.finish(None, None, None);
                     return Err(Dropped);
                 }
@@ -488,362 +548,13 @@ async fn handle(
         Some(Fault::Hang(hold)) => {
             tokio::select! {
                 _ = tokio::time::sleep(hold) => {}
-                _ = stopped(&mut shutdown) => {}
+                _ = stopped(shutdown) => {}
             }
             rec.finish(None, None, None);
             return Err(Dropped);
         }
-        None => {}
-    }
-
-    let (rule_id, stream) = match route {
-        Route::Upload { rule_id, stream } => (rule_id, stream),
-        Route::NotFound => {
-            return Ok(rec.error(
-                404,
-                "NotFound",
-                &format!(
-                    "No route for '{path}'. Uploads go to POST /dataCollectionRules/{{ruleId}}/streams/{{stream}}?api-version=2023-01-01."
-                ),
-            ));
-        }
-        Route::BadEncoding => {
-            return Ok(rec.error(
-                400,
-                "InvalidRequestUri",
-                "The rule id or stream name is not valid percent-encoded UTF-8.",
-            ));
-        }
     };
-    if parts.method != hyper::Method::POST {
-        let mut resp = rec.error(
-            405,
-            "MethodNotAllowed",
-            &format!("Method {} is not allowed; use POST.", parts.method),
-        );
-        resp.headers_mut()
-            .insert(hyper::header::ALLOW, HeaderValue::from_static("POST"));
-        return Ok(resp);
-    }
-    match api_version.as_deref() {
-        None => {
-            return Ok(rec.error(
-                400,
-                "MissingApiVersionParameter",
-                "The api-version query parameter (?api-version=) is required for all requests.",
-            ));
-        }
-        Some(v) if !API_VERSIONS.contains(&v) => {
-            return Ok(rec.error(
-                400,
-                "InvalidApiVersionParameter",
-                &format!(
-                    "The api-version '{v}' is invalid. The supported versions are '{}'.",
-                    API_VERSIONS.join(",")
-                ),
-            ));
-        }
-        Some(_) => {}
-    }
-    if !authorized {
-        let message = if headers.contains_key(hyper::header::AUTHORIZATION) {
-            "The access token is invalid or expired."
-        } else {
-            "The Authorization header is missing; expected 'Bearer <token>'."
-        };
-        let mut resp = rec.error(401, "InvalidAuthenticationToken", message);
-        resp.headers_mut()
-            .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Ok(resp);
-    }
-    let schema = match shared.config.declarations.lookup(&rule_id, &stream) {
-        Lookup::Open => None,
-        Lookup::Found(s) => Some(s),
-        Lookup::UnknownRule => {
-            return Ok(rec.error(
-                404,
-                "NotFound",
-                &format!("Data collection rule with immutable Id '{rule_id}' not found."),
-            ));
-        }
-        Lookup::UnknownStream => {
-            return Ok(rec.error(
-                404,
-                "NotFound",
-                &format!("Stream '{stream}' is not declared in data collection rule '{rule_id}'."),
-            ));
-        }
-    };
-    let wire_body = match body {
-        BodyRead::Complete(b) => b,
-        BodyRead::TooLarge => {
-            let n = content_length.unwrap_or(wire);
-            return Ok(rec.error(413, "ContentLengthLimitExceeded", &content_length_message(n)));
-        }
-    };
-
-    // Decode.
-    let encoding = rec.rec().content_encoding.clone();
-    let cap = shared.config.max_decompressed_bytes;
-    let decoded: Vec<u8> = match encoding.as_deref().map(str::trim) {
-        None | Some("") => wire_body.to_vec(),
-        Some(e) if e.eq_ignore_ascii_case("identity") => wire_body.to_vec(),
-        Some(e) if e.eq_ignore_ascii_case("gzip") || e.eq_ignore_ascii_case("x-gzip") => {
-            match gunzip(&wire_body, cap) {
-                Ok(v) => v,
-                Err(GunzipError::TooLarge) => {
-                    return Ok(rec.error(
-                        413,
-                        "PayloadSizeLimitExceeded",
-                        &format!("The decompressed request body exceeds the emulator's limit of {cap} bytes."),
-                    ));
-                }
-                Err(GunzipError::Invalid(e)) => {
-                    return Ok(rec.error(
-                        400,
-                        "InvalidContentEncoding",
-                        &format!("The request body is not valid gzip: {e}."),
-                    ));
-                }
-            }
-        }
-        Some(e) => {
-            return Ok(rec.error(
-                400,
-                "UnsupportedContentEncoding",
-                &format!("Content-Encoding '{e}' is not supported; use gzip or none."),
-            ));
-        }
-    };
-    drop(wire_body);
-    rec.rec().uncompressed_bytes = Some(decoded.len() as u64);
-    if shared.config.strict_size && decoded.len() > MAX_CONTENT_LENGTH {
-        return Ok(rec.error(
-            413,
-            "ContentLengthLimitExceeded",
-            &format!(
-                "Maximum allowed content length: {MAX_CONTENT_LENGTH} bytes (1 MB). Provided uncompressed content length: {} bytes.",
-                decoded.len()
-            ),
-        ));
-    }
-    let text = match String::from_utf8(decoded) {
-        Ok(t) => t,
-        Err(e) => {
-            return Ok(rec.error(
-                400,
-                "InvalidJson",
-                &format!("The request body is not valid UTF-8: {}.", e.utf8_error()),
-            ));
-        }
-    };
-    match ingest(&shared, text, &stream, schema) {
-        Ok((rows, chunk)) => {
-            rec.finish(Some(204), None, Some((&stream, rows, chunk)));
-            Ok(no_content())
-        }
-        Err((status, code, message)) => Ok(rec.error(status, code, &message)),
-    }
-}
-
-enum GunzipError {
-    TooLarge,
-    Invalid(std::io::Error),
-}
-
-fn gunzip(data: &[u8], cap: usize) -> Result<Vec<u8>, GunzipError> {
-    let guess = data.len().saturating_mul(8).min(cap).min(64 << 20) + 64;
-    let mut out = Vec::with_capacity(guess);
-    let mut decoder = flate2::read::MultiGzDecoder::new(data).take(cap as u64 + 1);
-    decoder.read_to_end(&mut out).map_err(GunzipError::Invalid)?;
-    if out.len() > cap {
-        return Err(GunzipError::TooLarge);
-    }
-    Ok(out)
-}
-
-/// Bytes each row of a request costs besides its text while the request is decoded (its place in
-/// the body), counted against the decoding cap.
-const ROW_COST: usize = std::mem::size_of::<(usize, usize)>();
-
-/// Hands each element of a JSON array to a callback as it is parsed, without collecting them.
-struct EachRow<'f, F>(&'f mut F);
-
-impl<'de, F: FnMut(&'de RawValue) -> Result<(), ()>> serde::de::Visitor<'de> for EachRow<'_, F> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON array of objects")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
-            (self.0)(raw).map_err(|()| <A::Error as serde::de::Error>::custom("row refused"))?;
-        }
-        Ok(())
-    }
-}
-
-/// Parses and checks the rows one by one as they are read, persists them, and returns the row
-/// count and (when rows are retained) the text to store. The decoded text, 16 bytes per row and
-/// rows that a lenient schema rewrote count against `max_decompressed_bytes`: past it, 413.
-/// Synchronous: no other request runs on this thread meanwhile, so at most one decoded body is
-/// being processed at a time.
-fn ingest(
-    shared: &Shared,
-    text: String,
-    stream: &str,
-    schema: Option<&super::schema::StreamSchema>,
-) -> Result<(usize, Option<Chunk>), (u16, &'static str, String)> {
-    let json = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let first = json.trim_start().as_bytes().first().copied();
-    if first != Some(b'[') {
-        let (code, message) = if first.is_none() {
-            (
-                "InvalidJson",
-                "The request body is empty; expected a JSON array of objects.",
-            )
-        } else {
-            ("InvalidPayload", "The request body must be a JSON array of objects.")
-        };
-        return Err((400, code, message.to_owned()));
-    }
-    let keep = shared.config.retain_rows || shared.config.persist_dir.is_some();
-    let cap = shared.config.max_decompressed_bytes;
-    let base = text.as_ptr() as usize;
-    let mut spans: Vec<(usize, usize)> = Vec::new();
-    let mut changes: Vec<String> = Vec::new();
-    let mut rows = 0usize;
-    // What the rows cost besides the body's text, counted against the cap as they are read, so
-    // that a small body of many tiny rows (`[{},{},...]`) cannot take memory the cap does not see.
-    let mut held = text.len();
-    let mut failure = None;
-    let read = {
-        let mut on_row = |raw: &RawValue| {
-            held += ROW_COST;
-            let result = match process_row(raw, rows, schema, shared.config.strict_schema) {
-                _ if held > cap => Err((
-                    413,
-                    "PayloadSizeLimitExceeded",
-                    format!(
-                        "The decoded request body ({} bytes with more than {rows} rows at {ROW_COST} bytes each to \
-                         hold) exceeds the emulator's limit of {cap} bytes.",
-                        text.len()
-                    ),
-                )),
-                Ok(None) => {
-                    if keep {
-                        spans.push((raw.get().as_ptr() as usize - base, raw.get().len()));
-                    }
-                    Ok(())
-                }
-                Ok(Some(changed)) => {
-                    held += changed.len();
-                    if keep {
-                        spans.push((usize::MAX, changes.len()));
-                        changes.push(changed);
-                    }
-                    Ok(())
-                }
-                Err(e) => Err((400, e.code, e.message)),
-            };
-            rows += 1;
-            result.map_err(|e| failure = Some(e))
-        };
-        let mut de = serde_json::Deserializer::from_str(json);
-        serde::Deserializer::deserialize_seq(&mut de, EachRow(&mut on_row)).and_then(|()| de.end())
-    };
-    if let Some(failure) = failure {
-        return Err(failure);
-    }
-    read.map_err(|e| (400, "InvalidJson", format!("The request body is not valid JSON: {e}.")))?;
-    if !keep {
-        return Ok((rows, None));
-    }
-    let (text, spans) = if changes.is_empty() {
-        (text, spans)
-    } else {
-        let mut out = String::with_capacity(text.len());
-        let mut new_spans = Vec::with_capacity(spans.len());
-        for (start, len) in spans {
-            let row = if start == usize::MAX {
-                changes[len].as_str()
-            } else {
-                &text[start..start + len]
-            };
-            new_spans.push((out.len(), row.len()));
-            out.push_str(row);
-            out.push('\n');
-        }
-        (out, new_spans)
-    };
-    if let Some(dir) = &shared.config.persist_dir {
-        persist(shared, dir, stream, &text, &spans).map_err(|e| {
-            (
-                500,
-                "PersistFailed",
-                format!("Could not append the rows to the persist directory: {e}."),
-            )
-        })?;
-    }
-    Ok((rows, shared.config.retain_rows.then_some((text, spans))))
-}
-
-/// File name used for a stream's JSON lines: characters other than `[A-Za-z0-9_.-]` become `_`.
-pub(crate) fn persist_file_name(stream: &str) -> String {
-    let mut name: String = stream
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.starts_with('.') {
-        name.insert(0, '_');
-    }
-    name.push_str(".jsonl");
-    name
-}
-
-fn persist(
-    shared: &Shared,
-    dir: &std::path::Path,
-    stream: &str,
-    text: &str,
-    spans: &[(usize, usize)],
-) -> std::io::Result<()> {
-    if spans.is_empty() {
-        return Ok(());
-    }
-    let mut lines = String::with_capacity(text.len() + spans.len());
-    for &(start, len) in spans {
-        let row = &text[start..start + len];
-        if row.contains(['\n', '\r']) {
-            let value: serde_json::Value = serde_json::from_str(row).map_err(std::io::Error::other)?;
-            lines.push_str(&value.to_string());
-        } else {
-            lines.push_str(row);
-        }
-        lines.push('\n');
-    }
-    let mut files = shared
-        .persist_files
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let file = match files.entry(stream.to_owned()) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => e.insert(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(persist_file_name(stream)))?,
-        ),
-    };
-    file.write_all(lines.as_bytes())?;
-    file.flush()
+    Ok(Some(answer))
 }
 
 #[cfg(test)]
@@ -874,25 +585,5 @@ mod tests {
         assert_eq!(api_version(Some("api%2Dversion=x")).as_deref(), Some("x"));
         assert_eq!(api_version(Some("apiversion=x")), None);
         assert_eq!(api_version(None), None);
-    }
-
-    #[test]
-    fn file_names() {
-        assert_eq!(persist_file_name("Custom-App_CL"), "Custom-App_CL.jsonl");
-        assert_eq!(persist_file_name("../x/y"), "_.._x_y.jsonl");
-    }
-
-    #[test]
-    fn gzip_limits() {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(&vec![b' '; 10_000]).unwrap();
-        let gz = enc.finish().unwrap();
-        assert_eq!(gunzip(&gz, 10_000).ok().map(|v| v.len()), Some(10_000));
-        assert!(matches!(gunzip(&gz, 9_999), Err(GunzipError::TooLarge)));
-        assert!(matches!(
-            gunzip(&gz[..gz.len() / 2], 10_000),
-            Err(GunzipError::Invalid(_))
-        ));
-        assert!(matches!(gunzip(b"not gzip", 10_000), Err(GunzipError::Invalid(_))));
     }
 }
