@@ -7,8 +7,8 @@ use hyper::Response;
 use hyper::header::{HeaderMap, HeaderValue};
 
 use super::ingest::{GunzipError, gunzip};
+use super::request::{API_VERSIONS, Body, BodyRead, MAX_CONTENT_LENGTH, Recorder, Route, content_length_message};
 use super::schema::Lookup;
-use super::server::{API_VERSIONS, Body, BodyRead, MAX_CONTENT_LENGTH, Recorder, Route, content_length_message};
 use super::state::Shared;
 
 /// What the handler answers early with: an error response (already recorded).

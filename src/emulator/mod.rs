@@ -87,6 +87,7 @@ mod checks;
 mod credential;
 mod faults;
 mod ingest;
+mod request;
 mod schema;
 mod server;
 mod state;
@@ -98,8 +99,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub use faults::{Fault, FaultRates};
+pub use request::{API_VERSIONS, MAX_CONTENT_LENGTH};
 pub use schema::{Column, ColumnType, MAX_FIELD_BYTES};
-pub use server::{API_VERSIONS, MAX_CONTENT_LENGTH};
 pub use state::{EmulatorStats, RequestRecord};
 
 use azure_core::credentials::Secret;

@@ -5,14 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::watch;
@@ -21,24 +19,18 @@ use super::EmulatorError;
 use super::checks::{check_api_version, check_destination, check_method, check_route, check_size, check_token, decode};
 use super::faults::{Fault, status_error_code};
 use super::ingest::ingest;
-use super::state::{RequestRecord, Shared, Stored};
+use super::request::{
+    Body, BodyRead, DRAIN_LIMIT, MAX_CONTENT_LENGTH, Recorder, api_version, bearer_matches, no_content, read_body,
+    route,
+};
+use super::state::Shared;
 
-/// The service's cap on the request body as sent (`Content-Length`), in bytes.
-pub const MAX_CONTENT_LENGTH: usize = 1_048_576;
-/// API versions the emulator accepts.
-pub const API_VERSIONS: [&str; 2] = ["2023-01-01", "2021-11-01-preview"];
-
-/// A body answered 413 is still read (and discarded) up to this many bytes, so the client gets
-/// the answer instead of a reset; beyond it the connection is closed after the answer.
-const DRAIN_LIMIT: u64 = 8 * 1024 * 1024;
 /// Longest a request body may take to arrive.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for open connections to finish gracefully.
 const GRACEFUL_WAIT: Duration = Duration::from_millis(500);
 /// How long the handle waits for the server thread to exit.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
-
-pub(super) type Body = Full<Bytes>;
 
 /// The error a service returns to make hyper close the connection without answering.
 #[derive(Debug)]
@@ -197,173 +189,6 @@ async fn serve_connection(
     }
 }
 
-/// Records the request when it ends; a request dropped mid-way (client gone, hyper cancelled
-/// the service future) is recorded as a dropped connection.
-pub(super) struct Recorder {
-    shared: Arc<Shared>,
-    record: Option<RequestRecord>,
-}
-
-impl Recorder {
-    pub(super) fn rec(&mut self) -> &mut RequestRecord {
-        self.record.as_mut().expect("record taken only on finish")
-    }
-
-    fn finish(&mut self, status: Option<u16>, error_code: Option<&str>, stored: Option<Stored<'_>>) {
-        if let Some(mut record) = self.record.take() {
-            record.status = status;
-            record.error_code = error_code.map(str::to_owned);
-            record.duration = record.started.elapsed();
-            if let Some((_, rows, _)) = &stored {
-                record.rows = *rows;
-            }
-            self.shared.finish(record, stored);
-        }
-    }
-
-    pub(super) fn error(&mut self, status: u16, code: &str, message: &str) -> Response<Body> {
-        self.finish(Some(status), Some(code), None);
-        error_response(status, code, message)
-    }
-
-    /// [`error`](Self::error), boxed for a [`Checked`] result.
-    pub(super) fn refuse(&mut self, status: u16, code: &str, message: &str) -> Box<Response<Body>> {
-        Box::new(self.error(status, code, message))
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.finish(None, None, None);
-    }
-}
-
-fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-}
-
-fn error_response(status: u16, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let h = resp.headers_mut();
-    h.insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    if let Ok(v) = HeaderValue::from_str(code) {
-        h.insert(HeaderName::from_static("x-ms-error-code"), v);
-    }
-    resp
-}
-
-fn no_content() -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::NO_CONTENT;
-    resp
-}
-
-/// Percent-decodes a path segment or query component; `None` on a bad escape or non-UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = |c: u8| (c as char).to_digit(16);
-            let hi = hex(*b.get(i + 1)?)?;
-            let lo = hex(*b.get(i + 2)?)?;
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-pub(super) enum Route {
-    Upload { rule_id: String, stream: String },
-    NotFound,
-    BadEncoding,
-}
-
-fn route(path: &str) -> Route {
-    let mut parts = path.trim_start_matches('/').split('/');
-    match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(dcr), Some(rule), Some(streams), Some(stream), None)
-            if dcr.eq_ignore_ascii_case("dataCollectionRules")
-                && streams.eq_ignore_ascii_case("streams")
-                && !rule.is_empty()
-                && !stream.is_empty() =>
-        {
-            match (percent_decode(rule), percent_decode(stream)) {
-                (Some(rule_id), Some(stream)) => Route::Upload { rule_id, stream },
-                _ => Route::BadEncoding,
-            }
-        }
-        _ => Route::NotFound,
-    }
-}
-
-fn api_version(query: Option<&str>) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k).as_deref() == Some("api-version")).then(|| percent_decode(v))?
-    })
-}
-
-pub(super) enum BodyRead {
-    Complete(Bytes),
-    /// Longer than the cap (read and discarded up to `DRAIN_LIMIT`).
-    TooLarge,
-}
-
-/// Reads the body, keeping at most `limit` bytes; counts every byte read into `wire`.
-async fn read_body(
-    body: &mut Incoming,
-    limit: usize,
-    size_hint: Option<u64>,
-    wire: &mut u64,
-) -> Result<BodyRead, hyper::Error> {
-    let capacity = match size_hint {
-        Some(n) if n > limit as u64 => 0, // answered 413 anyway: keep nothing
-        Some(n) => n as usize,
-        None => 8192,
-    };
-    let mut buf = BytesMut::with_capacity(capacity);
-    let mut over = false;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue; // trailers
-        };
-        *wire += data.len() as u64;
-        if !over {
-            if buf.len() + data.len() > limit {
-                over = true;
-                buf = BytesMut::new();
-            } else {
-                buf.extend_from_slice(&data);
-            }
-        }
-        if over && *wire > DRAIN_LIMIT {
-            return Ok(BodyRead::TooLarge);
-        }
-    }
-    Ok(if over {
-        BodyRead::TooLarge
-    } else {
-        BodyRead::Complete(buf.freeze())
-    })
-}
-
-pub(super) fn content_length_message(n: u64) -> String {
-    format!("Maximum allowed content length: {MAX_CONTENT_LENGTH} bytes (1 MB). Provided content length: {n} bytes.")
-}
-
 /// Answers one request. The checks run in the order the module docs list: the body is read
 /// (bounded), an injected fault applies, then route, method, api-version, token, rule/stream,
 /// size, encoding, JSON shape, rows.
@@ -401,67 +226,6 @@ async fn handle(
         }
     };
     Ok(answered.await.unwrap_or_else(|error| *error))
-}
-
-impl Recorder {
-    /// Starts the record of a request that just arrived.
-    fn start(
-        shared: &Arc<Shared>,
-        parts: &hyper::http::request::Parts,
-        route: &Route,
-        api_version: Option<String>,
-        fault: Option<Fault>,
-    ) -> Recorder {
-        let headers = &parts.headers;
-        let (rule_id, stream) = match route {
-            Route::Upload { rule_id, stream } => (Some(rule_id.clone()), Some(stream.clone())),
-            _ => (None, None),
-        };
-        Recorder {
-            shared: shared.clone(),
-            record: Some(RequestRecord {
-                seq: 0,
-                received_at: SystemTime::now(),
-                started: Instant::now(),
-                duration: Duration::ZERO,
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_owned(),
-                rule_id,
-                stream,
-                api_version,
-                http_version: format!("{:?}", parts.version),
-                status: None,
-                error_code: None,
-                fault,
-                content_length: content_length(headers),
-                wire_bytes: 0,
-                uncompressed_bytes: None,
-                content_type: header(headers, "content-type"),
-                content_encoding: header(headers, "content-encoding"),
-                user_agent: header(headers, "user-agent"),
-                client_request_id: header(headers, "x-ms-client-request-id"),
-                authorized: false,
-                rows: 0,
-            }),
-        }
-    }
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-}
-
-/// Whether the request carries `Bearer <expected>` (always, when auth is off).
-fn bearer_matches(headers: &HeaderMap, expected: Option<&azure_core::credentials::Secret>) -> bool {
-    let Some(expected) = expected else { return true };
-    headers
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .is_some_and(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && t.trim() == expected.secret())
 }
 
 /// Reads the body first (bounded), so that every answer reaches a client still sending. A body
@@ -555,35 +319,4 @@ async fn apply_fault(
         }
     };
     Ok(Some(answer))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_and_queries() {
-        match route("/dataCollectionRules/dcr-1/streams/Custom-A%20B_CL") {
-            Route::Upload { rule_id, stream } => {
-                assert_eq!(rule_id, "dcr-1");
-                assert_eq!(stream, "Custom-A B_CL");
-            }
-            _ => panic!("should route"),
-        }
-        assert!(matches!(
-            route("/dataCollectionRules/x/streams/%FF"),
-            Route::BadEncoding
-        ));
-        assert!(matches!(route("/dataCollectionRules/x/streams/%4"), Route::BadEncoding));
-        assert!(matches!(route("/dataCollectionRules/x/streams/"), Route::NotFound));
-        assert!(matches!(route("/dataCollectionRules/x/streams/y/z"), Route::NotFound));
-        assert!(matches!(route("/"), Route::NotFound));
-        assert_eq!(
-            api_version(Some("a=b&api-version=2023-01-01")).as_deref(),
-            Some("2023-01-01")
-        );
-        assert_eq!(api_version(Some("api%2Dversion=x")).as_deref(), Some("x"));
-        assert_eq!(api_version(Some("apiversion=x")), None);
-        assert_eq!(api_version(None), None);
-    }
 }
