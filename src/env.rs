@@ -8,7 +8,7 @@ pub const ENV_RULE_ID: &str = "AZURE_DCR_RULE_ID";
 /// Environment variable with the stream name (`Custom-...`).
 pub const ENV_STREAM: &str = "AZURE_DCR_STREAM_NAME";
 /// Environment variable with a fixed bearer token, for the local emulator only: when set,
-/// [`AzureLogsBuilder::from_env`] uses it instead of an Azure credential.
+/// [`AzureLogsBuilder::from_env`](crate::AzureLogsBuilder::from_env) uses it instead of an Azure credential.
 pub const ENV_EMULATOR_TOKEN: &str = "AZURE_LOGS_EMULATOR_TOKEN";
 
 /// An environment variable's value; unset, blank or not Unicode is `None`.

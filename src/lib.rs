@@ -47,12 +47,14 @@
 //! - **No feedback loop**: events emitted on the worker thread (by reqwest, hyper, h2, rustls,
 //!   azure_core) are never shipped.
 #![deny(missing_docs)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 pub mod client;
 mod clock;
 #[cfg(feature = "emulator")]
+#[cfg_attr(docsrs, doc(cfg(feature = "emulator")))]
 pub mod emulator;
 mod env;
 mod error;
@@ -94,6 +96,7 @@ pub mod log_bridge {
     pub use crate::init::init_log_bridge as init;
     pub use crate::logger::{AzureLogger, LogBridge};
 }
+mod sync;
 mod thread_role;
 
 pub use builder::{AzureLogs, AzureLogsBuilder, Column, MAX_QUEUE_ROWS};

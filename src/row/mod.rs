@@ -1,4 +1,4 @@
-//! The row: which columns an event becomes ([`Columns`], [`RowShape`]), the JSON encoders that
+//! The row: which columns an event becomes ([`Columns`]), the JSON encoders that
 //! write them without allocating (`json`), field encoding (`fields`) and whole rows (`encode`).
 //!
 //! Default columns (each can be renamed or turned off, static columns can be added):
