@@ -167,7 +167,7 @@ fn burst(mode: &str) {
         let start = Instant::now();
         in_request_span(|| events(BURST));
         let emitted_in = start.elapsed();
-        let report = guard.flush_timeout(Duration::from_secs(120));
+        let report = guard.flush_within(Duration::from_secs(120));
         let s = guard.stats();
         let sent = s.sent - base.sent;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -258,7 +258,7 @@ fn sustained() {
             );
             (emitted, elapsed, max_pending, cpu)
         });
-        let flushed = guard.flush_timeout(Duration::from_secs(60));
+        let flushed = guard.flush_within(Duration::from_secs(60));
         let s = flushed.stats;
         let rows = emu.row_count(common::STREAM) as u64 - rows_before;
         let result = RateResult {

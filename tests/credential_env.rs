@@ -123,7 +123,7 @@ fn selection_order_and_errors() {
         .table::<serde_json::Value>("Custom-Env_CL")
         .send(&serde_json::json!({"a": 1}))
         .unwrap();
-    assert!(guard.flush_timeout(Duration::from_secs(20)).completed);
+    assert!(guard.flush_within(Duration::from_secs(20)).completed);
     assert_eq!(emu.row_count("Custom-Env_CL"), 1);
     assert!(emu.requests()[0].authorized);
 }

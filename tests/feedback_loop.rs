@@ -46,7 +46,7 @@ fn trace_level_http_stack_events_never_reach_the_emulator() {
         tracing::info!(target: "app", i, "application event");
         if i % 20 == 0 {
             log::info!(target: "app::legacy", "through the log crate {i}");
-            assert!(guard.flush_timeout(Duration::from_secs(20)).completed);
+            assert!(guard.flush_within(Duration::from_secs(20)).completed);
         }
     }
     // The runtime of `upload_blocking` logs too (reqwest, hyper): none of it is shipped.
@@ -55,7 +55,7 @@ fn trace_level_http_stack_events_never_reach_the_emulator() {
             .upload_blocking("dcr-loop", "Custom-Direct_CL", [serde_json::json!({"i": i})])
             .unwrap();
     }
-    let report = guard.flush_timeout(Duration::from_secs(20));
+    let report = guard.flush_within(Duration::from_secs(20));
     assert!(report.completed);
     assert_eq!(emu.rows("Custom-Direct_CL").len(), 5);
     assert!(emu.stats().accepted_requests >= 10, "{:?}", emu.stats());

@@ -26,7 +26,7 @@ fn log_records_with_key_values_arrive_typed() {
     log::debug!("below the default level");
     log::info!(target: "noisy::pool", "below the target's level");
     log::warn!(target: "noisy::pool", "kept");
-    assert!(guard.flush_timeout(Duration::from_secs(20)).completed);
+    assert!(guard.flush_within(Duration::from_secs(20)).completed);
 
     let rows = emu.rows("Custom-Log_CL");
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -50,7 +50,7 @@ fn log_records_with_key_values_arrive_typed() {
     assert!(matches!(err, InitError::LoggerAlreadySet(_)), "{err}");
     assert!(tracing_log::LogTracer::init().is_err());
     log::info!("once");
-    assert!(guard.flush_timeout(Duration::from_secs(20)).completed);
+    assert!(guard.flush_within(Duration::from_secs(20)).completed);
     assert_eq!(
         emu.rows("Custom-Log_CL")
             .iter()

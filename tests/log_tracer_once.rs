@@ -26,7 +26,7 @@ fn a_record_through_log_tracer_arrives_once() {
     let line = line!() + 1;
     log::warn!(target: "legacy::db", attempt = 3; "connection reset");
     tracing::info!("a tracing event");
-    assert!(guard.flush_timeout(Duration::from_secs(20)).completed);
+    assert!(guard.flush_within(Duration::from_secs(20)).completed);
 
     let rows = emu.rows("Custom-Once_CL");
     assert_eq!(rows.len(), 2, "{rows:?}");

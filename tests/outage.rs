@@ -107,7 +107,7 @@ fn run(outage: Outage) -> Result<String, String> {
         }
     });
     let emitted_in = began.elapsed();
-    let report = guard.flush_timeout(Duration::from_secs(240));
+    let report = guard.flush_within(Duration::from_secs(240));
     let stats = report.stats;
     let settled_in = began.elapsed();
     drop(guard);

@@ -91,7 +91,7 @@ fn rows_have_every_default_column_with_json_types() {
         );
     });
     let after = SystemTime::now();
-    let report = guard.flush_timeout(WAIT);
+    let report = guard.flush_within(WAIT);
     assert!(report.completed);
     assert_eq!(
         (report.stats.sent, report.stats.dropped, report.stats.failed),
@@ -163,7 +163,7 @@ fn renamed_dropped_and_static_columns() {
         let _s = tracing::info_span!("ignored", x = 1).entered();
         tracing::warn!(code = 5, "careful");
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     assert_eq!(emu.row_count(STREAM), 1);
     let row = emu.rows(STREAM).pop().unwrap();
     let mut keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
@@ -196,7 +196,7 @@ fn long_values_are_truncated_at_a_char_boundary() {
     tracing::dispatcher::with_default(&dispatch(layer), || {
         tracing::info!(blob = long.as_str(), "{}", long);
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     assert_eq!(emu.row_count(STREAM), 1);
     let row = emu.rows(STREAM).pop().unwrap();
     for value in [&row["Properties"]["blob"], &row["Message"]] {
@@ -230,7 +230,7 @@ fn four_threads_200k_events_arrive_exactly_once() {
     for t in threads {
         t.join().unwrap();
     }
-    let report = guard.flush_timeout(Duration::from_secs(60));
+    let report = guard.flush_within(Duration::from_secs(60));
     assert!(report.completed);
     let stats = report.stats;
     assert_eq!(
@@ -278,7 +278,7 @@ fn tiny_queue_and_slow_service_account_for_every_row() {
         }
     });
     // Drops happened during the burst; the diagnostic row reports them once the worker sees it.
-    let report = guard.flush_timeout(WAIT);
+    let report = guard.flush_within(WAIT);
     assert!(report.completed);
     let stats = guard.shutdown().stats;
     assert!(stats.dropped > 0, "{stats:?}");
@@ -401,7 +401,7 @@ fn composes_with_env_filter_and_per_layer_filters() {
         tracing::warn!("kept");
         tracing::error!("kept too");
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     let messages: Vec<Value> = emu.rows(STREAM).iter().map(|r| r["Message"].clone()).collect();
     assert_eq!(messages, vec![json!("kept"), json!("kept too")]);
 }
@@ -445,7 +445,7 @@ fn target_routes_send_events_to_another_stream() {
         tracing::info!(target: "app::auditing", "not audit");
         tracing::info!("plain");
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     let audit = emu.rows("Custom-Audit_CL");
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0]["Properties"]["user"], "ada");
@@ -481,7 +481,7 @@ fn one_callsite_on_one_thread_through_two_differently_shaped_pipelines() {
         tracing::dispatcher::with_default(&dispatch(first.clone()), || emit(round));
         tracing::dispatcher::with_default(&dispatch(second.clone()), || emit(round));
     }
-    assert!(first_guard.flush_timeout(WAIT).completed && second_guard.flush_timeout(WAIT).completed);
+    assert!(first_guard.flush_within(WAIT).completed && second_guard.flush_within(WAIT).completed);
     let n = |rows: &[Value]| rows.iter().map(|r| r["Properties"]["n"].clone()).collect::<Vec<_>>();
     assert_eq!(n(&emu.rows(STREAM)), [json!(0), json!(1)]);
     assert_eq!(n(&emu.rows("Custom-Second_CL")), [json!(0), json!(1)]);
@@ -523,7 +523,7 @@ fn frequent_flushes_against_a_stalled_service_keep_the_worker_bounded() {
             }
         });
         // Flushes cannot complete (the service stalls); each must not add a waiting batch.
-        let stats = guard.flush_timeout(Duration::from_millis(1)).stats;
+        let stats = guard.flush_within(Duration::from_millis(1)).stats;
         worst = worst.max(stats.pending());
     }
     // Queue (64 rows) + per stream one open and one waiting batch + one in flight (~2,000 B each,
@@ -567,7 +567,7 @@ fn an_event_emitted_while_a_span_records_a_field_does_not_deadlock() {
         let _ = done.send(());
     });
     finished.recv_timeout(WAIT).expect("the thread finished (no deadlock)");
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     let rows = emu.rows(STREAM);
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1]["Spans"][0]["fields"]["detail"], "chatty");
@@ -616,7 +616,7 @@ fn deeply_nested_spans_keep_the_innermost_64() {
         tracing::info!("deep");
         drop(spans);
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     assert_eq!(emu.row_count(STREAM), 1);
     let row = emu.rows(STREAM).pop().unwrap();
     let spans = row["Spans"].as_array().unwrap();
@@ -657,7 +657,7 @@ fn flush_delivers_rows_of_idle_and_exited_threads() {
     exited.join().unwrap();
     logged.wait();
 
-    let report = guard.flush_timeout(WAIT);
+    let report = guard.flush_within(WAIT);
     release.wait();
     idle.join().unwrap();
     assert!(report.completed);
@@ -714,7 +714,7 @@ fn threads_that_log_once_and_idle_do_not_fill_the_queue() {
             tracing::info!(i, "busy");
         }
     });
-    let report = guard.flush_timeout(WAIT);
+    let report = guard.flush_within(WAIT);
     release.wait();
     for t in idle {
         t.join().unwrap();
@@ -756,7 +756,7 @@ fn flush_under_sustained_overload_returns_once_its_rows_are_settled() {
         // Other threads' flushes, with a short timeout, keep coming meanwhile.
         let other = s.spawn(|| {
             while !flushed.load(std::sync::atomic::Ordering::SeqCst) {
-                let _ = guard.flush_timeout(Duration::from_millis(1));
+                let _ = guard.flush_within(Duration::from_millis(1));
             }
         });
         // Overloaded: rows are being dropped, and the table says so while it lasts.
@@ -766,7 +766,7 @@ fn flush_under_sustained_overload_returns_once_its_rows_are_settled() {
             "no drop report reached the table"
         );
         let before = guard.stats();
-        let report = guard.flush_timeout(WAIT);
+        let report = guard.flush_within(WAIT);
         // At the emulator when the flush returned: at least every row enqueued before it.
         let arrived = emu.row_count(STREAM) as u64;
         assert!(arrived >= before.enqueued, "{arrived} rows at the emulator, {before:?}");
@@ -918,7 +918,7 @@ fn spans_of_each_event_are_what_the_registry_says() {
         drop(leaked);
         event();
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
 
     let mut expected = seen.lock().unwrap().clone();
     expected.sort();
@@ -966,7 +966,7 @@ fn recorded_span_fields_show_in_the_next_event_on_every_thread() {
         server.record("phase", "serving");
         recorded_tx.send(()).unwrap();
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     let spans = spans_by_seq(&emu);
     let scope = |phase: &str, user: Option<&str>| {
         let request = match user {
@@ -1006,7 +1006,7 @@ fn a_reloaded_layer_names_the_spans_entered_before_it() {
         drop(server);
         tracing::info!(seq = 4u64, "outside");
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
         span_names_by_seq(&emu),
@@ -1033,7 +1033,7 @@ fn two_pipelines_in_one_registry_both_get_the_spans() {
         request.record("user", "ada");
         tracing::info!("in both tables");
     });
-    assert!(guard_a.flush_timeout(WAIT).completed && guard_b.flush_timeout(WAIT).completed);
+    assert!(guard_a.flush_within(WAIT).completed && guard_b.flush_within(WAIT).completed);
     for emu in [&first, &second] {
         let rows = emu.rows(STREAM);
         assert_eq!(rows.len(), 1);
@@ -1062,7 +1062,7 @@ fn spans_entered_again_or_reusing_an_id_show_their_current_fields() {
         let next = tracing::info_span!("next_task", step = 9u64);
         next.in_scope(|| tracing::info!(seq = 4u64, "a new span in the closed one's slot"));
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     let spans = spans_by_seq(&emu);
     let span = |name: &str, step: u64| json!([{"name": name, "fields": {"step": step}}]);
     assert_eq!(
@@ -1093,14 +1093,14 @@ fn on_error_gets_the_rows_stats_count_failed_and_no_diagnostic_row() {
         }
     });
     // The flush settles the batch that holds the diagnostic row about the drops: it failed too.
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     emu.clear_faults();
     tracing::dispatcher::with_default(&dispatch, || {
         for i in 0..2_000u64 {
             tracing::info!(i, "second burst");
         }
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     // The first diagnostic row that arrives counts the drops of one that did not: a diagnostic
     // row was in a failed batch, so the books below are tested with one.
     let rows = emu.rows(STREAM);
@@ -1158,7 +1158,7 @@ fn flush_or_drop_from_on_error_returns_at_once_and_the_worker_keeps_shipping() {
     assert_eq!(inner.incomplete, Some(tracing_azure_logs::Incomplete::OnPipelineThread));
     // The worker was not left waiting for itself: later rows still leave.
     tracing::dispatcher::with_default(&dispatch, || tracing::info!(i = 1u64, "after"));
-    let report = guard.flush_timeout(WAIT);
+    let report = guard.flush_within(WAIT);
     assert!(report.completed, "{report:?}");
     assert_eq!(report.stats.sent, 1);
     assert_eq!(report.stats.failed, 1);

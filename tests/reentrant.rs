@@ -65,7 +65,7 @@ fn an_event_emitted_while_recording_another_arrives_with_a_pipeline_built() {
     .unwrap();
     // The worker has run (and shipped through its HTTP stack) before the event.
     tracing::info!("warm up");
-    assert!(guard.flush_timeout(Duration::from_secs(30)).completed);
+    assert!(guard.flush_within(Duration::from_secs(30)).completed);
     // The blocking client's runtime is started too.
     let client = emu.client().build().unwrap();
     client
@@ -73,7 +73,7 @@ fn an_event_emitted_while_recording_another_arrives_with_a_pipeline_built() {
         .unwrap();
 
     tracing::info!(value = ?Noisy, "outer");
-    assert!(guard.flush_timeout(Duration::from_secs(30)).completed);
+    assert!(guard.flush_within(Duration::from_secs(30)).completed);
 
     // Each layer formats `value` once, and each time the inner event reaches both layers.
     assert_eq!(

@@ -81,7 +81,7 @@ fn two_tables_and_the_log_stream_from_several_threads() {
         t.join().unwrap();
     }
     // One flush covers every stream.
-    let report = guard.flush_timeout(WAIT);
+    let report = guard.flush_within(WAIT);
     assert!(report.completed);
     assert_eq!(
         (report.stats.sent, report.stats.dropped, report.stats.failed),
@@ -185,7 +185,7 @@ fn rows_that_are_not_objects_are_refused_at_send() {
         matches!(err, SendError::Serialize(ref m) if m.contains("key must be a string")),
         "{err}"
     );
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     assert_eq!(guard.stats().enqueued, 0);
     assert!(emu.requests().is_empty(), "nothing was shipped");
 }
@@ -202,7 +202,7 @@ fn table_in_another_rule_and_on_error_names_the_stream() {
         .unwrap();
     let other = guard.table_in::<Value>("dcr-other", ORDERS);
     other.send(&json!({"id": 1})).unwrap();
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     let first = &emu.requests()[0];
     assert_eq!(
         (first.rule_id.as_deref(), first.stream.as_deref(), first.status),
@@ -216,7 +216,7 @@ fn table_in_another_rule_and_on_error_names_the_stream() {
 
     emu.inject(Fault::Status(400), 1);
     other.send(&json!({"id": 2})).unwrap();
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     let failures = failures.lock().unwrap();
     assert_eq!(failures.len(), 1);
     assert_eq!(emu.requests()[1].status, Some(400));
@@ -244,7 +244,7 @@ fn events_routed_by_field_land_in_their_stream() {
         tracing::info!(table = "Custom-Undeclared_CL", "stays in the log stream");
         tracing::info!("plain");
     });
-    assert!(guard.flush_timeout(WAIT).completed);
+    assert!(guard.flush_within(WAIT).completed);
     let audit = emu.rows(AUDIT);
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0]["Message"], "signed in");
@@ -274,7 +274,7 @@ fn a_row_larger_than_the_whole_queue_is_too_large_not_dropped() {
         other => panic!("{other:?}"),
     }
     notes.send(&json!({"text": "small"})).unwrap();
-    let report = guard.flush_timeout(WAIT);
+    let report = guard.flush_within(WAIT);
     assert!(report.completed);
     assert_eq!(report.stats.dropped, 0, "not counted as a drop: {:?}", report.stats);
     assert_eq!(emu.rows("Custom-Notes_CL").len(), 1);

@@ -91,7 +91,7 @@ pub fn registry_dispatch() -> Dispatch {
 
 /// Flushes, insisting that it completes.
 pub fn flush(guard: &AzureLogsGuard) {
-    let report = guard.flush_timeout(Duration::from_secs(60));
+    let report = guard.flush_within(Duration::from_secs(60));
     assert!(report.completed, "flush did not complete: {:?}", report.stats);
 }
 

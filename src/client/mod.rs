@@ -227,10 +227,7 @@ impl LogsIngestionClient {
             ..UploadReport::default()
         };
         report.merge(&sent);
-        match sent.result {
-            None => Ok(report),
-            Some(reason) => Err(reason),
-        }
+        sent.result.map(|()| report)
     }
 
     /// Number of times the credential was asked for a token.
@@ -351,8 +348,8 @@ impl LogsIngestionClient {
         for (batch, sent) in done {
             report.merge(&sent);
             match sent.result {
-                None => report.sent_rows += batch.len(),
-                Some(reason) => {
+                Ok(()) => report.sent_rows += batch.len(),
+                Err(reason) => {
                     report.failed_rows += batch.len();
                     on_error(failed(reason, batch.ids().to_vec(), batch.rows().map(lossy).collect()));
                 }

@@ -4,11 +4,31 @@
 use super::*;
 
 /// The result of sending one body, retries included.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SendOutcome {
     pub(crate) attempts: u32,
     pub(crate) wire_bytes: u64,
-    pub(crate) result: Option<FailureReason>,
+    /// Accepted, or why not.
+    pub(crate) result: Result<(), FailureReason>,
+}
+
+impl SendOutcome {
+    /// Nothing sent yet: no attempt, and accepted until an attempt says otherwise.
+    pub(crate) fn new() -> Self {
+        SendOutcome {
+            attempts: 0,
+            wire_bytes: 0,
+            result: Ok(()),
+        }
+    }
+
+    /// A body that was never sent, for `reason`.
+    pub(crate) fn not_sent(reason: FailureReason) -> Self {
+        SendOutcome {
+            result: Err(reason),
+            ..SendOutcome::new()
+        }
+    }
 }
 
 impl LogsIngestionClient {
@@ -17,18 +37,12 @@ impl LogsIngestionClient {
         let fitted = compress_fitting(batch, self.inner.gzip_level, MAX_BODY_BYTES);
         let mut done = Vec::with_capacity(fitted.bodies.len() + fitted.too_large.len());
         for (batch, size) in fitted.too_large {
-            let result = Some(FailureReason::RowTooLarge {
+            let reason = FailureReason::RowTooLarge {
                 size,
                 limit: MAX_BODY_BYTES,
                 what: "gzipped",
-            });
-            done.push((
-                batch,
-                SendOutcome {
-                    result,
-                    ..SendOutcome::default()
-                },
-            ));
+            };
+            done.push((batch, SendOutcome::not_sent(reason)));
         }
         for Compressed { batch, body } in fitted.bodies {
             let sent = self.send(url, body, ContentEncoding::Gzip).await;
@@ -47,7 +61,7 @@ impl LogsIngestionClient {
             id: uuid::Uuid::new_v4().to_string(),
         };
         let started = Instant::now();
-        let mut outcome = SendOutcome::default();
+        let mut outcome = SendOutcome::new();
         let mut refreshed = false;
         let mut token: Option<Arc<CachedToken>> = None;
         // Attempts against the retry budget: HTTP requests and failed token fetches.
@@ -56,7 +70,7 @@ impl LogsIngestionClient {
         loop {
             let remaining = inner.retry.deadline.saturating_sub(started.elapsed());
             if remaining.is_zero() {
-                outcome.result = Some(FailureReason::RetriesExhausted {
+                outcome.result = Err(FailureReason::RetriesExhausted {
                     attempts: outcome.attempts,
                     last_error: "the retry deadline passed".into(),
                 });
@@ -67,7 +81,7 @@ impl LogsIngestionClient {
             let failed = match tried.await {
                 Attempt::Done => return outcome,
                 Attempt::Rejected(reason) => {
-                    outcome.result = Some(reason);
+                    outcome.result = Err(reason);
                     return outcome;
                 }
                 Attempt::Unauthorized(rejected) => {
@@ -95,7 +109,7 @@ impl LogsIngestionClient {
             if tries >= inner.retry.max_attempts || delay >= remaining {
                 let note = (tries < inner.retry.max_attempts)
                     .then(|| format!("; the next retry, due in {delay:?}, would pass the retry deadline"));
-                outcome.result = Some(match failed {
+                outcome.result = Err(match failed {
                     Failed::Token(reason) => reason,
                     Failed::Http { error, .. } => FailureReason::RetriesExhausted {
                         attempts: outcome.attempts,

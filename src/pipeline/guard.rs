@@ -48,13 +48,14 @@ impl AzureLogsGuard {
     /// Pitfall: called on the worker thread (from `on_error`), it returns at once with
     /// `completed: false` and [`Incomplete::OnPipelineThread`]: the worker cannot wait for itself.
     pub fn flush(&self) -> FlushReport {
-        self.flush_within(None)
+        self.settle(None)
     }
 
     /// Like [`flush`](Self::flush), but returns after `timeout` at the latest;
-    /// `completed` says whether everything was settled by then.
-    pub fn flush_timeout(&self, timeout: Duration) -> FlushReport {
-        self.flush_within(Some(timeout))
+    /// `completed` says whether everything was settled by then. (The builder's `flush_timeout`
+    /// is the bound of the flush that dropping the guard does.)
+    pub fn flush_within(&self, timeout: Duration) -> FlushReport {
+        self.settle(Some(timeout))
     }
 
     /// The counts so far.
@@ -86,7 +87,7 @@ impl AzureLogsGuard {
         self.stop()
     }
 
-    fn flush_within(&self, timeout: Option<Duration>) -> FlushReport {
+    fn settle(&self, timeout: Option<Duration>) -> FlushReport {
         // `on_error` runs on the worker: waiting there for the worker would wait forever.
         if crate::thread_role::is_pipeline_worker() {
             return self.report(Some(Incomplete::OnPipelineThread));
@@ -115,7 +116,7 @@ impl AzureLogsGuard {
             drop(worker);
             return self.report(Some(Incomplete::OnPipelineThread));
         }
-        let flushed = self.flush_timeout(self.flush_timeout);
+        let flushed = self.flush_within(self.flush_timeout);
         self.queue.close();
         let (reply, done) = crossbeam_channel::bounded(1);
         // The worker answers at its next tick; a worker that cannot (it panicked) is not waited for.

@@ -37,12 +37,12 @@ impl Worker {
             let app_rows = batch.ids().iter().filter(|&&id| !is_diagnostic(id)).count() as u64;
             let diagnostic_rows = batch.len() as u64 - app_rows;
             match outcome.result {
-                None => {
+                Ok(()) => {
                     counters.sent.fetch_add(app_rows, Ordering::Relaxed);
                     counters.diagnostic_rows.fetch_add(diagnostic_rows, Ordering::Relaxed);
                     self.destinations.count(stream, app_rows, 0);
                 }
-                Some(reason) => {
+                Err(reason) => {
                     self.destinations.count(stream, 0, app_rows);
                     self.fail_batch(&destination, reason, &batch);
                 }

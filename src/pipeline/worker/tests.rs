@@ -78,8 +78,8 @@ impl Transport for Scripted {
         let gate = self.gate.clone();
         Box::pin(async move {
             let result = match script {
-                Script::Accept => None,
-                Script::Fail => Some(FailureReason::Rejected {
+                Script::Accept => Ok(()),
+                Script::Fail => Err(FailureReason::Rejected {
                     status: 400,
                     code: None,
                     message: "scripted".into(),
@@ -87,7 +87,7 @@ impl Transport for Scripted {
                 }),
                 Script::Hold => {
                     gate.acquire().await.expect("the gate stays open").forget();
-                    None
+                    Ok(())
                 }
                 Script::Panic => panic!("scripted panic"),
             };
