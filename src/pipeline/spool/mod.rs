@@ -1,0 +1,556 @@
+//! The disk spool's storage: closed batches (their gzipped bodies, ready to send again) appended
+//! to segment files, read back oldest first, and deleted once the service confirmed them.
+//!
+//! Layout of the spool directory:
+//! - `{id:020}.seg`: segments, each starting with [`SEGMENT_MAGIC`], then frames
+//!   `len | crc32c | payload` ([`frame`]). A segment is appended to by one writer and rolled at
+//!   `segment_bytes`.
+//! - `cursor`: the first byte not yet confirmed ([`cursor`]), replaced atomically.
+//! - `lock`: held (an OS file lock) while a process uses the directory; a second process gets
+//!   [`SpoolError::Locked`].
+//!
+//! What it guards against (each a known failure of other shippers' disk buffers):
+//! - Recovery streams each segment frame by frame and never loads the backlog into memory. It
+//!   stops at the first bad frame of a segment (cut short, zeroes, bad length, checksum), counts
+//!   what it skipped as lost with the reason, truncates the segment there, and goes on with the
+//!   next segment: never a loop on a corrupt record, never a start-up that fails.
+//! - Segments are deleted only after the cursor has passed them, and segments found below the
+//!   cursor at start-up (a delete interrupted by a crash) are deleted then. Other files in the
+//!   directory are left alone.
+//! - `max_bytes` counts every byte on disk, recovered segments included, and is enforced at
+//!   every append: the newest batch is refused (`DropNewest`) or the oldest segments are dropped
+//!   and counted (`DropOldest`).
+//! - Every failure is an error value that says what happened to the rows; nothing panics or
+//!   exits.
+//!
+//! Delivery through the spool is at-least-once: a batch sent but not yet acknowledged when the
+//! process stops is sent again after a restart.
+
+mod cursor;
+pub(crate) mod disk;
+mod frame;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub(crate) use cursor::Position;
+use cursor::{CURSOR_TMP, Cursor};
+use disk::Disk;
+pub(crate) use frame::SpooledBatch;
+use frame::{Frame, SEGMENT_MAGIC, read_frame};
+
+const MAGIC_LEN: u64 = SEGMENT_MAGIC.len() as u64;
+
+/// Which batches give way when the spool is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WhenFull {
+    /// The batch being spooled is refused (the caller counts its rows dropped).
+    DropNewest,
+    /// The oldest segments are deleted, their unsent rows counted lost, to make room.
+    DropOldest,
+}
+
+/// Why the spool could not do what was asked. Each says what happened to the rows.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum SpoolError {
+    /// Another process (or another pipeline) has the directory; nothing was read or written.
+    #[error(
+        "the spool directory {dir} is in use by another process or pipeline (its lock file is held); \
+         give each process a directory of its own"
+    )]
+    Locked { dir: PathBuf },
+    /// A file operation failed (disk full, I/O error, permissions); the batch being written, if
+    /// any, is not in the spool.
+    #[error("spool {what} failed in {path}: {source}; the batch is not in the spool")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The spool holds `max_bytes` already and the policy is to refuse new batches; the batch
+    /// is not in the spool.
+    #[error("the spool is full ({bytes} of {max_bytes} bytes); the batch of {rows} row(s) is not in the spool")]
+    Full { bytes: u64, max_bytes: u64, rows: u32 },
+}
+
+/// Rows or bytes the spool lost, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Loss {
+    pub(crate) segment: u64,
+    pub(crate) offset: u64,
+    /// Bytes skipped (the rest of the segment from `offset`).
+    pub(crate) bytes: u64,
+    /// Rows lost, when known (a segment dropped to make room); `None` when the bytes could not
+    /// be read.
+    pub(crate) rows: Option<u64>,
+    pub(crate) reason: &'static str,
+}
+
+/// A segment on disk.
+#[derive(Debug, Default)]
+struct Segment {
+    id: u64,
+    /// Bytes of it that hold good frames (the file is truncated to this at recovery).
+    len: u64,
+    /// Batches and rows in it (from the cursor on, for a recovered segment), and how many of
+    /// them were handed out.
+    batches: u64,
+    rows: u64,
+    read_batches: u64,
+    read_rows: u64,
+}
+
+/// The spool's storage. Used by the worker only, never on the application's threads.
+#[derive(Debug)]
+pub(crate) struct SpoolStore {
+    dir: PathBuf,
+    disk: Arc<dyn Disk>,
+    _lock: File,
+    max_bytes: u64,
+    segment_bytes: u64,
+    when_full: WhenFull,
+    /// Oldest first. The last is the one being written, once `writer` is set.
+    segments: VecDeque<Segment>,
+    writer: Option<File>,
+    /// The next frame to hand out, and the file it is read from.
+    read: Position,
+    reader: Option<(u64, BufReader<File>)>,
+    /// The first byte not yet confirmed (the cursor on disk).
+    acked: Position,
+    bytes_on_disk: u64,
+    /// Batches written or recovered and not yet handed out.
+    unread: u64,
+    lost: Vec<Loss>,
+    frame: Vec<u8>,
+}
+
+fn segment_name(id: u64) -> String {
+    format!("{id:020}.seg")
+}
+
+fn segment_id(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+impl SpoolStore {
+    /// Opens (creating it if needed) the spool in `dir` and recovers what it holds.
+    pub(crate) fn open(
+        dir: impl Into<PathBuf>,
+        max_bytes: u64,
+        segment_bytes: u64,
+        when_full: WhenFull,
+        disk: Arc<dyn Disk>,
+    ) -> Result<SpoolStore, SpoolError> {
+        let dir = dir.into();
+        let io = |what: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| SpoolError::Io { what, path, source }
+        };
+        fs::create_dir_all(&dir).map_err(io("creating the directory", &dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("opening the lock file", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { dir }),
+            Err(fs::TryLockError::Error(e)) => return Err(io("locking", &lock_path)(e)),
+        }
+        let _ = fs::remove_file(dir.join(CURSOR_TMP));
+
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io("listing", &dir))? {
+            let entry = entry.map_err(io("listing", &dir))?;
+            if let Some(id) = entry.file_name().to_str().and_then(segment_id) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut lost = Vec::new();
+        let start = match cursor::read(&dir).map_err(io("reading the cursor", &dir))? {
+            Cursor::At(at) => at,
+            // From the oldest segment: rows may be sent twice, none is lost.
+            Cursor::Absent | Cursor::Corrupt => Position {
+                segment: ids.first().copied().unwrap_or(1),
+                offset: MAGIC_LEN,
+            },
+        };
+
+        let mut store = SpoolStore {
+            dir,
+            disk,
+            _lock: lock,
+            max_bytes,
+            segment_bytes: segment_bytes.max(MAGIC_LEN + 1),
+            when_full,
+            segments: VecDeque::new(),
+            writer: None,
+            read: start,
+            reader: None,
+            acked: start,
+            bytes_on_disk: 0,
+            unread: 0,
+            lost: Vec::new(),
+            frame: Vec::new(),
+        };
+        for id in ids {
+            let path = store.dir.join(segment_name(id));
+            if id < start.segment {
+                // Passed by the cursor; its delete was cut short by a stop.
+                fs::remove_file(&path).map_err(io("deleting a confirmed segment", &path))?;
+                continue;
+            }
+            let from = if id == start.segment { start.offset } else { MAGIC_LEN };
+            match store.recover_segment(id, from, &mut lost)? {
+                Some(segment) => {
+                    store.bytes_on_disk += segment.len;
+                    store.unread += segment.batches;
+                    store.segments.push_back(segment);
+                }
+                None => fs::remove_file(&path).map_err(io("deleting an empty segment", &path))?,
+            }
+        }
+        store.lost = lost;
+        // Reading starts at the cursor, or at the first segment left if the cursor's is gone.
+        if let Some(first) = store.segments.front()
+            && first.id != store.read.segment
+        {
+            store.read = Position {
+                segment: first.id,
+                offset: MAGIC_LEN,
+            };
+        }
+        Ok(store)
+    }
+
+    /// Checks segment `id` from byte `from` on: counts its good frames and truncates it after
+    /// the last one. `None` for a file that holds no frame at all (empty, or not a segment).
+    fn recover_segment(&self, id: u64, from: u64, lost: &mut Vec<Loss>) -> Result<Option<Segment>, SpoolError> {
+        let path = self.dir.join(segment_name(id));
+        let io = |what: &'static str| {
+            let path = path.clone();
+            move |source| SpoolError::Io { what, path, source }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io("opening a segment"))?;
+        let len = file.metadata().map_err(io("reading a segment's size"))?.len();
+        let mut reader = BufReader::new(&file);
+        let mut magic = [0u8; SEGMENT_MAGIC.len()];
+        if len < MAGIC_LEN || reader.read_exact(&mut magic).is_err() || &magic != SEGMENT_MAGIC {
+            if len > 0 {
+                lost.push(Loss {
+                    segment: id,
+                    offset: 0,
+                    bytes: len,
+                    rows: None,
+                    reason: "not a spool segment (a wrong or missing header)",
+                });
+            }
+            return Ok(None);
+        }
+        let mut at = from.clamp(MAGIC_LEN, len);
+        reader.seek(SeekFrom::Start(at)).map_err(io("reading a segment"))?;
+        let (mut batches, mut rows) = (0, 0);
+        loop {
+            match read_frame(&mut reader, len - at).map_err(io("reading a segment"))? {
+                Frame::Good { payload, size } => {
+                    batches += 1;
+                    rows += u64::from(SpooledBatch::rows_in(&payload));
+                    at += size;
+                }
+                Frame::End => break,
+                Frame::Bad(reason) => {
+                    lost.push(Loss {
+                        segment: id,
+                        offset: at,
+                        bytes: len - at,
+                        rows: None,
+                        reason,
+                    });
+                    drop(reader);
+                    file.set_len(at).map_err(io("truncating a segment after a bad frame"))?;
+                    break;
+                }
+            }
+        }
+        Ok(Some(Segment {
+            id,
+            len: at,
+            batches,
+            rows,
+            ..Segment::default()
+        }))
+    }
+
+    /// Appends `batch`. Not durable until [`sync`](Self::sync).
+    pub(crate) fn append(&mut self, batch: &SpooledBatch) -> Result<(), SpoolError> {
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.clear();
+        batch.encode_frame(&mut frame);
+        let result = self.append_frame(&frame, batch.rows);
+        self.frame = frame;
+        result
+    }
+
+    fn append_frame(&mut self, frame: &[u8], rows: u32) -> Result<(), SpoolError> {
+        let size = frame.len() as u64;
+        let roll = match (&self.writer, self.segments.back()) {
+            (Some(_), Some(last)) => last.len > MAGIC_LEN && last.len + size > self.segment_bytes,
+            _ => true,
+        };
+        let need = size + if roll { MAGIC_LEN } else { 0 };
+        self.make_room(need, rows)?;
+        if roll {
+            self.roll()?;
+        }
+        let last = self.segments.back_mut().expect("rolled above");
+        let path = self.dir.join(segment_name(last.id));
+        let writer = self.writer.as_mut().expect("rolled above");
+        if let Err(source) = self.disk.append(writer, frame) {
+            // Cut a partial frame off, so the next append follows the last good one.
+            let _ = writer.set_len(last.len);
+            let _ = writer.seek(SeekFrom::Start(last.len));
+            return Err(SpoolError::Io {
+                what: "appending a batch",
+                path,
+                source,
+            });
+        }
+        last.len += size;
+        last.batches += 1;
+        last.rows += u64::from(rows);
+        self.bytes_on_disk += size;
+        self.unread += 1;
+        Ok(())
+    }
+
+    /// Frees room for `need` bytes under `max_bytes`, per the policy.
+    fn make_room(&mut self, need: u64, rows: u32) -> Result<(), SpoolError> {
+        while self.bytes_on_disk + need > self.max_bytes {
+            let oldest_is_written = self.segments.len() == 1 && self.writer.is_some();
+            if self.when_full == WhenFull::DropNewest || self.segments.is_empty() || oldest_is_written {
+                return Err(SpoolError::Full {
+                    bytes: self.bytes_on_disk,
+                    max_bytes: self.max_bytes,
+                    rows,
+                });
+            }
+            let oldest = self.segments.pop_front().expect("not empty");
+            self.delete_segment(&oldest)?;
+            // Rows already handed out are the caller's now; the others are lost.
+            self.unread -= oldest.batches - oldest.read_batches;
+            self.lost.push(Loss {
+                segment: oldest.id,
+                offset: MAGIC_LEN,
+                bytes: oldest.len,
+                rows: Some(oldest.rows - oldest.read_rows),
+                reason: "dropped to make room (the spool was full, drop_oldest)",
+            });
+            if self.read.segment <= oldest.id {
+                self.move_read_to_next(oldest.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment after the last one.
+    fn roll(&mut self) -> Result<(), SpoolError> {
+        let id = self
+            .segments
+            .back()
+            .map_or(self.read.segment.max(self.acked.segment), |s| s.id + 1);
+        let path = self.dir.join(segment_name(id));
+        let io = |what: &'static str| {
+            let path = path.clone();
+            move |source| SpoolError::Io { what, path, source }
+        };
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("creating a segment"))?;
+        if let Err(e) = self.disk.append(&mut file, SEGMENT_MAGIC) {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(io("writing a segment header")(e));
+        }
+        self.writer = Some(file);
+        self.bytes_on_disk += MAGIC_LEN;
+        self.segments.push_back(Segment {
+            id,
+            len: MAGIC_LEN,
+            ..Segment::default()
+        });
+        if self.read.segment < id && self.segments.len() == 1 {
+            self.read = Position {
+                segment: id,
+                offset: MAGIC_LEN,
+            };
+        }
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable.
+    pub(crate) fn sync(&mut self) -> Result<(), SpoolError> {
+        if let (Some(writer), Some(last)) = (&self.writer, self.segments.back()) {
+            self.disk.sync(writer).map_err(|source| SpoolError::Io {
+                what: "syncing a segment",
+                path: self.dir.join(segment_name(last.id)),
+                source,
+            })?;
+            cursor::sync_dir(&self.dir).map_err(|source| SpoolError::Io {
+                what: "syncing the directory",
+                path: self.dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The oldest batch not yet handed out, and where the spool stands after it (to pass to
+    /// [`ack`](Self::ack) once the service confirmed it). Reads one frame.
+    pub(crate) fn next(&mut self) -> Result<Option<(SpooledBatch, Position)>, SpoolError> {
+        loop {
+            let Some(index) = self.segments.iter().position(|s| s.id == self.read.segment) else {
+                return Ok(None);
+            };
+            let (id, len) = (self.segments[index].id, self.segments[index].len);
+            if self.read.offset >= len {
+                if index + 1 == self.segments.len() {
+                    return Ok(None);
+                }
+                self.move_read_to_next(id);
+                continue;
+            }
+            let path = self.dir.join(segment_name(id));
+            let io = |what: &'static str| {
+                let path = path.clone();
+                move |source| SpoolError::Io { what, path, source }
+            };
+            if self.reader.as_ref().is_none_or(|(open, _)| *open != id) {
+                let file = File::open(&path).map_err(io("opening a segment to read"))?;
+                let mut reader = BufReader::new(file);
+                reader
+                    .seek(SeekFrom::Start(self.read.offset))
+                    .map_err(io("reading a segment"))?;
+                self.reader = Some((id, reader));
+            }
+            let (_, reader) = self.reader.as_mut().expect("opened above");
+            match read_frame(reader, len - self.read.offset).map_err(io("reading a segment"))? {
+                Frame::Good { payload, size } => {
+                    self.read.offset += size;
+                    self.unread = self.unread.saturating_sub(1);
+                    let segment = &mut self.segments[index];
+                    segment.read_batches += 1;
+                    segment.read_rows += u64::from(SpooledBatch::rows_in(&payload));
+                    match SpooledBatch::decode(&payload) {
+                        Some(batch) => return Ok(Some((batch, self.read))),
+                        None => self.lost.push(Loss {
+                            segment: id,
+                            offset: self.read.offset - size,
+                            bytes: size,
+                            rows: None,
+                            reason: "a record of an unknown kind",
+                        }),
+                    }
+                }
+                Frame::End => self.read.offset = len,
+                Frame::Bad(reason) => {
+                    // Written in this process and changed on disk since: skip the rest.
+                    self.lost.push(Loss {
+                        segment: id,
+                        offset: self.read.offset,
+                        bytes: len - self.read.offset,
+                        rows: None,
+                        reason,
+                    });
+                    self.read.offset = len;
+                }
+            }
+        }
+    }
+
+    fn move_read_to_next(&mut self, after: u64) {
+        self.reader = None;
+        if let Some(next) = self.segments.iter().find(|s| s.id > after) {
+            self.read = Position {
+                segment: next.id,
+                offset: MAGIC_LEN,
+            };
+        }
+    }
+
+    /// Records that everything before `upto` was confirmed: writes the cursor, then deletes the
+    /// segments it has passed. Acks must come in order.
+    pub(crate) fn ack(&mut self, upto: Position) -> Result<(), SpoolError> {
+        if upto <= self.acked {
+            return Ok(());
+        }
+        cursor::write(&*self.disk, &self.dir, upto).map_err(|source| SpoolError::Io {
+            what: "writing the cursor",
+            path: self.dir.join(cursor::CURSOR),
+            source,
+        })?;
+        self.acked = upto;
+        while let Some(oldest) = self.segments.front() {
+            let passed = oldest.id < upto.segment
+                || (oldest.id == upto.segment && upto.offset >= oldest.len && self.segments.len() > 1);
+            if !passed {
+                break;
+            }
+            let oldest = self.segments.pop_front().expect("checked");
+            self.delete_segment(&oldest)?;
+        }
+        Ok(())
+    }
+
+    fn delete_segment(&mut self, segment: &Segment) -> Result<(), SpoolError> {
+        if self.reader.as_ref().is_some_and(|(id, _)| *id == segment.id) {
+            self.reader = None;
+        }
+        let path = self.dir.join(segment_name(segment.id));
+        fs::remove_file(&path).map_err(|source| SpoolError::Io {
+            what: "deleting a segment",
+            path,
+            source,
+        })?;
+        self.bytes_on_disk -= segment.len;
+        Ok(())
+    }
+
+    /// Bytes the spool's segments take on disk.
+    pub(crate) fn bytes_on_disk(&self) -> u64 {
+        self.bytes_on_disk
+    }
+
+    /// Batches written or recovered and not yet handed out by [`next`](Self::next).
+    pub(crate) fn unread(&self) -> u64 {
+        self.unread
+    }
+
+    /// Segment files on disk.
+    pub(crate) fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// What was lost so far, and why (at recovery, or to make room).
+    pub(crate) fn lost(&self) -> &[Loss] {
+        &self.lost
+    }
+}
