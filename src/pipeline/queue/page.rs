@@ -201,15 +201,21 @@ mod loom_models {
     const ROW: &[u8] = b"{\"a\":1}";
     const ROW_BYTES: usize = HEADER + ROW.len();
 
+    /// A 64-byte page whose producer wrote and published one row before sharing it.
+    fn page_with_one_row() -> Arc<Page> {
+        let page = Page::new(64);
+        // SAFETY: not yet shared.
+        unsafe { page.write(0, 1, ROW) };
+        page.publish(ROW_BYTES);
+        page
+    }
+
     /// The producer writes a row before it publishes the page, then claims, writes and publishes
     /// a second; the worker reads whatever count it sees and finds whole rows.
     #[test]
     fn loom_claim_write_publish_against_the_reader() {
         model(|| {
-            let page = Page::new(64);
-            // SAFETY: not yet shared.
-            unsafe { page.write(0, 1, ROW) };
-            page.publish(ROW_BYTES);
+            let page = page_with_one_row();
             let producer = {
                 let page = page.clone();
                 loom::thread::spawn(move || {
@@ -236,9 +242,7 @@ mod loom_models {
     #[test]
     fn loom_revoke_against_a_claim() {
         model(|| {
-            let page = Page::new(64);
-            unsafe { page.write(0, 1, ROW) };
-            page.publish(ROW_BYTES);
+            let page = page_with_one_row();
             let producer = {
                 let page = page.clone();
                 loom::thread::spawn(move || {
