@@ -15,7 +15,9 @@ use crate::env::{ENV_EMULATOR_TOKEN, ENV_ENDPOINT, ENV_RULE_ID, ENV_STREAM, env_
 use crate::error::ConfigError;
 use crate::layer::AzureLogsLayer;
 use crate::pipeline::destinations::{Destination, Destinations};
+use crate::pipeline::spool::Spool;
 use crate::pipeline::stats::Outcomes;
+use crate::pipeline::worker::spill::SpoolState;
 use crate::pipeline::worker::{Worker, WorkerConfig};
 use crate::pipeline::{AzureLogsGuard, FullPolicy};
 use crate::route::{FieldRoute, Routes};
@@ -76,6 +78,7 @@ pub struct AzureLogsBuilder {
     diagnostic_interval: Duration,
     target_routes: Vec<(String, String)>,
     field_route: Option<(String, Vec<String>)>,
+    spool: Option<Spool>,
 }
 
 impl Default for AzureLogsBuilder {
@@ -102,6 +105,7 @@ impl Default for AzureLogsBuilder {
             diagnostic_interval: Duration::from_secs(10),
             target_routes: Vec::new(),
             field_route: None,
+            spool: None,
         }
     }
 }
@@ -337,6 +341,14 @@ impl AzureLogsBuilder {
         }
     }
 
+    /// Keeps batches the service cannot take now on disk, in `spool`'s directory, and sends them
+    /// later, also from the next process on that directory (see [`Spool`]). Default: none, and
+    /// such batches fail after the retry deadline. The directory is opened (and locked) at build.
+    pub fn spool(mut self, spool: Spool) -> Self {
+        self.spool = Some(spool);
+        self
+    }
+
     /// Checks the settings, starts the worker thread, and returns the layer and its guard.
     pub fn build(self) -> Result<(AzureLogsLayer, AzureLogsGuard), ConfigError> {
         let missing = missing_vars([
@@ -409,6 +421,19 @@ impl AzureLogsBuilder {
         }
         // Calibrates the event clock here rather than in the first event.
         crate::clock::start();
+        // Opened here, so a locked or unusable directory is an error at build.
+        let spool = match &self.spool {
+            Some(spool) => {
+                let store = spool.open().map_err(|e| ConfigError::InvalidOption {
+                    option: "spool",
+                    reason: e.to_string(),
+                })?;
+                let mut state = SpoolState::new(store, spool.sync);
+                state.report_recovery();
+                Some(state)
+            }
+            None => None,
+        };
         let outcomes = Arc::new(Outcomes::default());
         let worker = Worker::new(
             queue.clone(),
@@ -421,6 +446,7 @@ impl AzureLogsBuilder {
                 on_error: self.on_error,
                 shape: shape.clone(),
             },
+            spool,
         )
         .spawn(control_rx)
         .map_err(|e| ConfigError::InvalidOption {

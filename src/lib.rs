@@ -105,6 +105,8 @@ pub use env::{ENV_EMULATOR_TOKEN, ENV_ENDPOINT, ENV_RULE_ID, ENV_STREAM};
 pub use error::InitError;
 pub use init::{init, install, try_init};
 pub use layer::AzureLogsLayer;
-pub use pipeline::{AzureLogsGuard, FlushReport, FullPolicy, Incomplete, Stats, StatsHandle, StreamStats};
+pub use pipeline::{
+    AzureLogsGuard, FlushReport, FullPolicy, Incomplete, Spool, SpoolFull, SpoolSync, Stats, StatsHandle, StreamStats,
+};
 pub use row::Columns;
 pub use table::{SendError, Table};

@@ -14,7 +14,7 @@ use flate2::write::GzEncoder;
 pub const MAX_BODY_BYTES: usize = 1_048_576;
 
 /// A JSON array of rows, and where each row sits in it.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Batch {
     /// `[r0,r1,...]`; while a builder fills it, the closing `]` is missing.
     json: Vec<u8>,

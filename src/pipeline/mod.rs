@@ -6,9 +6,6 @@ pub(crate) mod guard;
 pub(crate) mod queue;
 #[cfg(unix)]
 mod signals;
-// The disk spool's storage, tested on its own; the worker does not use it yet (issue #14 wires
-// it in: spill on backpressure, replay, `Stats::spooled`).
-#[allow(dead_code)]
 pub(crate) mod spool;
 pub(crate) mod stats;
 pub(crate) mod transport;
@@ -17,4 +14,5 @@ pub(crate) mod worker;
 pub use destinations::StreamStats;
 pub use guard::AzureLogsGuard;
 pub use queue::FullPolicy;
+pub use spool::{Spool, SpoolFull, SpoolSync};
 pub use stats::{FlushReport, Incomplete, Stats, StatsHandle};

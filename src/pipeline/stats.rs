@@ -18,19 +18,31 @@ pub(crate) struct Outcomes {
     pub(crate) failed: AtomicU64,
     /// The worker's own diagnostic rows the service accepted.
     pub(crate) diagnostic_rows: AtomicU64,
+    /// Application rows of this process in the spool, not yet confirmed.
+    pub(crate) spooled: AtomicU64,
+    /// Rows an earlier process left in the spool that this one delivered.
+    pub(crate) replayed: AtomicU64,
+    /// Spool writes that failed (disk full, I/O errors); their rows were reported failed.
+    pub(crate) spool_errors: AtomicU64,
+    /// Bytes the spool takes on disk.
+    pub(crate) spool_bytes: AtomicU64,
+    /// Rows deleted from the full spool to make room (`SpoolFull::DropOldest`); in `dropped`.
+    pub(crate) spool_dropped: AtomicU64,
 }
 
 /// Counts since the pipeline started.
 ///
 /// Every row the application emitted ends up in exactly one of `dropped` (the queue was full, or
 /// the pipeline had stopped), `sent` (accepted by the service), `failed` (reported through
-/// `on_error`), or is still pending: `enqueued - sent - failed`.
+/// `on_error`), `spooled` (on disk, to be sent later), or is still pending:
+/// `enqueued - sent - failed - spooled`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// Rows put on the queue.
     pub enqueued: u64,
-    /// Rows dropped because the queue was full or the pipeline had stopped.
+    /// Rows dropped because the queue was full or the pipeline had stopped, or deleted from a
+    /// full spool to make room (`SpoolFull::DropOldest`).
     pub dropped: u64,
     /// Rows the service accepted.
     pub sent: u64,
@@ -49,12 +61,23 @@ pub struct Stats {
     /// the worker takes back what a page idle for 20 ms did not use). At 0, the next thread that
     /// needs room drops its row (or waits, under `FullPolicy::Block`).
     pub queue_room: u64,
+    /// Rows of this process in the spool, not yet confirmed (0 without a spool). They leave it
+    /// for `sent` (or `failed`, if the service refuses them) once the service answers again.
+    pub spooled: u64,
+    /// Rows that an earlier process left in the spool and this one delivered (not in `sent`,
+    /// which counts this process's rows).
+    pub replayed: u64,
+    /// Spool writes that failed (disk full, an I/O error): the rows of those batches were
+    /// reported failed instead.
+    pub spool_errors: u64,
+    /// Bytes the spool's files take on disk (0 without a spool).
+    pub spool_bytes: u64,
 }
 
 impl Stats {
-    /// Rows enqueued but not yet sent or reported failed.
+    /// Rows enqueued but not yet sent, reported failed or spooled.
     pub fn pending(&self) -> u64 {
-        self.enqueued.saturating_sub(self.sent + self.failed)
+        self.enqueued.saturating_sub(self.sent + self.failed + self.spooled)
     }
 }
 
@@ -106,7 +129,7 @@ impl StatsHandle {
         let (enqueued, dropped) = self.queue.counts();
         Stats {
             enqueued,
-            dropped,
+            dropped: dropped + c.spool_dropped.load(Ordering::Relaxed),
             sent: c.sent.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             retried: client.retries.load(Ordering::Relaxed),
@@ -114,6 +137,10 @@ impl StatsHandle {
             wire_bytes: client.wire_bytes.load(Ordering::Relaxed),
             diagnostic_rows: c.diagnostic_rows.load(Ordering::Relaxed),
             queue_room: self.queue.room() as u64,
+            spooled: c.spooled.load(Ordering::Relaxed),
+            replayed: c.replayed.load(Ordering::Relaxed),
+            spool_errors: c.spool_errors.load(Ordering::Relaxed),
+            spool_bytes: c.spool_bytes.load(Ordering::Relaxed),
         }
     }
 }

@@ -6,18 +6,23 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::client::batch::Batch;
-use crate::client::{LogsIngestionClient, SendOutcome};
+use crate::client::{ContentEncoding, LogsIngestionClient, SendOutcome};
 use crate::pipeline::destinations::Destination;
 
 /// An upload under way: each part sent (a batch whose gzip is over the limit is split) and how
 /// it ended.
 pub(crate) type Sending = Pin<Box<dyn Future<Output = Vec<(Batch, SendOutcome)>> + Send>>;
 
+/// An upload of a body as it is.
+pub(crate) type SendingBody = Pin<Box<dyn Future<Output = SendOutcome> + Send>>;
+
 /// Sends closed batches. Implementations retry as they see fit; the worker only counts and
 /// reports what each part came to.
 pub(crate) trait Transport: Send + Sync + 'static {
     /// Starts sending `batch` to `destination`. The future owns what it needs.
     fn send(&self, destination: &Destination, batch: Batch) -> Sending;
+    /// Starts sending a body that is already gzipped (a spooled batch) to `destination`.
+    fn send_body(&self, destination: &Destination, body: Vec<u8>) -> SendingBody;
     /// Uploads the worker keeps in flight at most.
     fn max_concurrency(&self) -> usize;
     /// The cap on a batch's uncompressed JSON array, brackets and commas included.
@@ -29,6 +34,12 @@ impl Transport for LogsIngestionClient {
         let client = self.clone();
         let url = self.stream_url(&destination.rule_id, &destination.stream);
         Box::pin(async move { client.send_batch(&url, batch).await })
+    }
+
+    fn send_body(&self, destination: &Destination, body: Vec<u8>) -> SendingBody {
+        let client = self.clone();
+        let url = self.stream_url(&destination.rule_id, &destination.stream);
+        Box::pin(async move { client.send(&url, body, ContentEncoding::Gzip).await })
     }
 
     fn max_concurrency(&self) -> usize {

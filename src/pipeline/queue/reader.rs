@@ -151,6 +151,11 @@ impl Reader {
     /// row is counted as dropped (see [`Queue::stop`]), and the page's memory stays with its
     /// thread until the thread exits or first writes to another pipeline.
     pub(crate) fn discard(&mut self, queue: &Queue) -> u64 {
-        self.read_revoking(queue, usize::MAX, Duration::ZERO, |_, _| true) as u64
+        self.read_revoking_all(queue, |_, _| true) as u64
+    }
+
+    /// Hands every row still queued to `take`, taking every page back (at shutdown).
+    pub(crate) fn read_revoking_all(&mut self, queue: &Queue, take: impl FnMut(u32, &[u8]) -> bool) -> usize {
+        self.read_revoking(queue, usize::MAX, Duration::ZERO, take)
     }
 }

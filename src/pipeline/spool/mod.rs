@@ -26,11 +26,12 @@
 //! Delivery through the spool is at-least-once: a batch sent but not yet acknowledged when the
 //! process stops is sent again after a restart.
 
+mod config;
 mod cursor;
 pub(crate) mod disk;
 mod frame;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -38,6 +39,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use config::{Spool, SpoolFull, SpoolSync};
 pub(crate) use cursor::Position;
 use cursor::{CURSOR_TMP, Cursor};
 use disk::Disk;
@@ -124,6 +126,8 @@ pub(crate) struct SpoolStore {
     reader: Option<(u64, BufReader<File>)>,
     /// The first byte not yet confirmed (the cursor on disk).
     acked: Position,
+    /// The end of what an earlier process left.
+    recovered_end: Position,
     bytes_on_disk: u64,
     /// Batches written or recovered and not yet handed out.
     unread: u64,
@@ -201,6 +205,7 @@ impl SpoolStore {
             read: start,
             reader: None,
             acked: start,
+            recovered_end: start,
             bytes_on_disk: 0,
             unread: 0,
             lost: Vec::new(),
@@ -224,6 +229,12 @@ impl SpoolStore {
             }
         }
         store.lost = lost;
+        if let Some(last) = store.segments.back() {
+            store.recovered_end = Position {
+                segment: last.id,
+                offset: last.len,
+            };
+        }
         // Reading starts at the cursor, or at the first segment left if the cursor's is gone.
         if let Some(first) = store.segments.front()
             && first.id != store.read.segment
@@ -428,7 +439,18 @@ impl SpoolStore {
     pub(crate) fn next(&mut self) -> Result<Option<(SpooledBatch, Position)>, SpoolError> {
         loop {
             let Some(index) = self.segments.iter().position(|s| s.id == self.read.segment) else {
-                return Ok(None);
+                // Its segment was dropped to make room: go on with the next one, if any.
+                match self.segments.iter().find(|s| s.id > self.read.segment) {
+                    Some(next) => {
+                        self.read = Position {
+                            segment: next.id,
+                            offset: MAGIC_LEN,
+                        };
+                        self.reader = None;
+                        continue;
+                    }
+                    None => return Ok(None),
+                }
             };
             let (id, len) = (self.segments[index].id, self.segments[index].len);
             if self.read.offset >= len {
@@ -534,6 +556,30 @@ impl SpoolStore {
         Ok(())
     }
 
+    /// Hands the last batch from [`next`](Self::next) out again at the next call: it was not
+    /// delivered. `before` is where the spool stood before it (the last acknowledged position),
+    /// `rows` its row count.
+    pub(crate) fn unread_last(&mut self, before: Position, after: Position, rows: u32) {
+        if let Some(segment) = self.segments.iter_mut().find(|s| s.id == after.segment) {
+            segment.read_batches = segment.read_batches.saturating_sub(1);
+            segment.read_rows = segment.read_rows.saturating_sub(u64::from(rows));
+            self.unread += 1;
+        }
+        self.read = before;
+        self.reader = None;
+    }
+
+    /// The last acknowledged position (the cursor).
+    pub(crate) fn acked(&self) -> Position {
+        self.acked
+    }
+
+    /// Where the batches found at open end: batches read at or before it were written by an
+    /// earlier process.
+    pub(crate) fn recovered_end(&self) -> Position {
+        self.recovered_end
+    }
+
     /// Bytes the spool's segments take on disk.
     pub(crate) fn bytes_on_disk(&self) -> u64 {
         self.bytes_on_disk
@@ -545,6 +591,7 @@ impl SpoolStore {
     }
 
     /// Segment files on disk.
+    #[cfg(test)]
     pub(crate) fn segments(&self) -> usize {
         self.segments.len()
     }

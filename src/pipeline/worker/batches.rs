@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 
-use super::{DRAIN_PER_TICK, Ready, Uploaded, Uploading, Worker, panic_message};
+use super::{DRAIN_PER_TICK, Finished, Ready, Uploaded, Uploading, Worker, panic_message};
 use crate::client::FailureReason;
 use crate::client::batch::{BatchBuilder, Push};
 use crate::client::row_too_large;
@@ -129,7 +129,15 @@ impl Worker {
                 return;
             };
             let ids = batch.ids().to_vec();
-            self.uploading.insert(id, Uploading { stream, ids });
+            let copy = self.has_spool().then(|| batch.clone());
+            self.uploading.insert(
+                id,
+                Uploading {
+                    stream,
+                    ids,
+                    batch: copy,
+                },
+            );
             let sending = self.transport.send(&self.destination(stream), batch);
             self.in_flight.push(Box::pin(async move {
                 // A panic in an upload (a bug) fails its batch instead of the worker.
@@ -137,7 +145,7 @@ impl Worker {
                     .catch_unwind()
                     .await
                     .map_err(|panic| panic_message(&*panic).to_owned());
-                Uploaded { id, stream, parts }
+                Finished::Batch(Uploaded { id, stream, parts })
             }));
         }
     }

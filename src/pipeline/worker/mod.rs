@@ -11,6 +11,7 @@
 mod batches;
 mod flush;
 mod report;
+pub(crate) mod spill;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +36,7 @@ use crate::row::RowShape;
 
 use batches::Stream;
 use flush::PendingFlush;
+use spill::SpoolState;
 
 /// How often the worker looks at the queue. Producers never wake it.
 const TICK: Duration = Duration::from_millis(5);
@@ -64,10 +66,13 @@ struct Ready {
     batch: Batch,
 }
 
-/// A batch being uploaded: what to count failed if the pipeline stops first.
+/// A batch being uploaded: what to count failed (or, with a spool, to spool) if the pipeline
+/// stops first.
 struct Uploading {
     stream: u32,
     ids: Vec<usize>,
+    /// A copy of the batch, kept only with a spool.
+    batch: Option<Batch>,
 }
 
 /// An upload's result: each part sent, or the panic that ended it.
@@ -77,7 +82,13 @@ struct Uploaded {
     parts: Result<Vec<(Batch, SendOutcome)>, String>,
 }
 
-type Upload = Pin<Box<dyn Future<Output = Uploaded> + Send>>;
+/// What an upload in flight comes to: a batch of new rows, or a spooled batch sent again.
+enum Finished {
+    Batch(Uploaded),
+    Replay(spill::Replayed),
+}
+
+type Upload = Pin<Box<dyn Future<Output = Finished> + Send>>;
 
 pub(crate) struct Worker {
     queue: Arc<Queue>,
@@ -100,6 +111,7 @@ pub(crate) struct Worker {
     reported_drops: u64,
     last_diagnostic: Option<Instant>,
     diagnostics: usize,
+    spool: Option<SpoolState>,
 }
 
 impl Worker {
@@ -109,6 +121,7 @@ impl Worker {
         transport: Arc<dyn Transport>,
         outcomes: Arc<Outcomes>,
         config: WorkerConfig,
+        spool: Option<SpoolState>,
     ) -> Self {
         Worker {
             queue,
@@ -127,6 +140,7 @@ impl Worker {
             reported_drops: 0,
             last_diagnostic: None,
             diagnostics: 0,
+            spool,
         }
     }
 
@@ -156,7 +170,8 @@ impl Worker {
             // held are counted failed; rows queued from now on, dropped.
             queue.stop();
             let o = &outcomes;
-            let settled = o.sent.load(Ordering::Relaxed) + o.failed.load(Ordering::Relaxed);
+            let settled =
+                o.sent.load(Ordering::Relaxed) + o.failed.load(Ordering::Relaxed) + o.spooled.load(Ordering::Relaxed);
             let held = queue.counters.taken.load(Ordering::Acquire).saturating_sub(settled);
             o.failed.fetch_add(held, Ordering::Relaxed);
             eprintln!(
@@ -205,11 +220,16 @@ impl Worker {
             self.close_aged();
             self.mark_flushes();
             self.start_uploads();
+            self.start_replay();
             self.finish_flushes();
+            self.sync_spool(false);
 
             tokio::select! {
                 _ = tick.tick() => {}
-                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => self.settle(done),
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => match done {
+                    Finished::Batch(done) => self.settle(done),
+                    Finished::Replay(done) => self.settle_replay(done),
+                },
             }
         }
     }

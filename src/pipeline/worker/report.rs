@@ -15,7 +15,7 @@ use crate::row::json::lossy;
 const DIAGNOSTIC_ID: usize = 1 << 62;
 
 /// Whether row id `id` is one of the worker's diagnostic rows (not the application's).
-fn is_diagnostic(id: usize) -> bool {
+pub(super) fn is_diagnostic(id: usize) -> bool {
     id >= DIAGNOSTIC_ID
 }
 
@@ -31,7 +31,7 @@ impl Worker {
                 return;
             }
         };
-        let counters = &self.outcomes;
+        let counters = self.outcomes.clone();
         let destination = self.destination(stream);
         for (batch, outcome) in done {
             let app_rows = batch.ids().iter().filter(|&&id| !is_diagnostic(id)).count() as u64;
@@ -41,6 +41,15 @@ impl Worker {
                     counters.sent.fetch_add(app_rows, Ordering::Relaxed);
                     counters.diagnostic_rows.fetch_add(diagnostic_rows, Ordering::Relaxed);
                     self.destinations.count(stream, app_rows, 0);
+                    self.service_answers();
+                }
+                // The service stayed down for the whole retry deadline: to the spool, if any.
+                Err(reason @ FailureReason::RetriesExhausted { .. }) => {
+                    for left in self.spill(&destination, batch) {
+                        let app_rows = left.ids().iter().filter(|&&id| !is_diagnostic(id)).count() as u64;
+                        self.destinations.count(stream, 0, app_rows);
+                        self.fail_batch(&destination, reason.clone(), &left);
+                    }
                 }
                 Err(reason) => {
                     self.destinations.count(stream, 0, app_rows);
@@ -142,21 +151,24 @@ impl Worker {
         let reason = |what: &str| FailureReason::Shutdown(what.to_owned());
         // Dropping an upload cancels it; the service may or may not have stored its rows.
         drop(std::mem::take(&mut self.in_flight));
-        for (_, Uploading { stream, ids }) in std::mem::take(&mut self.uploading) {
+        // With a spool, every batch goes there first; what it cannot take fails.
+        for (_, Uploading { stream, ids, batch }) in std::mem::take(&mut self.uploading) {
             let destination = self.destination(stream);
-            self.report(
-                &destination,
-                reason("the request was in flight; the service may have stored it"),
-                ids,
-                Vec::new(),
-            );
+            let why = reason("the request was in flight; the service may have stored it");
+            match batch {
+                Some(batch) => {
+                    for left in self.spill(&destination, batch) {
+                        self.fail_batch(&destination, why.clone(), &left);
+                    }
+                }
+                None => self.report(&destination, why, ids, Vec::new()),
+            }
         }
         for Ready { stream, batch, .. } in std::mem::take(&mut self.ready) {
-            self.fail_batch(
-                &self.destination(stream),
-                reason("the batch was waiting to be sent"),
-                &batch,
-            );
+            let destination = self.destination(stream);
+            for left in self.spill(&destination, batch) {
+                self.fail_batch(&destination, reason("the batch was waiting to be sent"), &left);
+            }
         }
         for index in 0..self.streams.len() {
             let Some(stream) = self.streams[index].as_mut() else {
@@ -164,16 +176,23 @@ impl Worker {
             };
             let Some(batch) = stream.builder.take() else { continue };
             let destination = stream.destination.clone();
-            self.fail_batch(&destination, reason("the batch was still open"), &batch);
+            for left in self.spill(&destination, batch) {
+                self.fail_batch(&destination, reason("the batch was still open"), &left);
+            }
         }
         let first = self.taken as usize + 1;
-        let queued = self.reader.discard(&self.queue);
+        let (queued, unspooled) = if self.has_spool() {
+            self.spool_queued()
+        } else {
+            let queued = self.reader.discard(&self.queue);
+            (queued, (first..first + queued as usize).collect())
+        };
         self.count_taken(queued);
         self.queue.stop();
-        if queued > 0 {
-            let ids = (first..first + queued as usize).collect();
-            self.fail_rows(ids, reason("the rows were still queued"));
+        if !unspooled.is_empty() {
+            self.fail_rows(unspooled, reason("the rows were still queued"));
         }
+        self.sync_spool(true);
     }
 
     /// Counts rows taken off the queue, where [`Queue::counts`] sees them.

@@ -1,6 +1,7 @@
 //! The worker against a scripted, in-memory [`Transport`]: batching, flush ordering, failure
 //! accounting and shutdown, without HTTP. Every wait has a deadline.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,8 +16,10 @@ use crate::pipeline::Incomplete;
 use crate::pipeline::destinations::{Destination, Destinations};
 use crate::pipeline::guard::request_flush;
 use crate::pipeline::queue::{FullPolicy, Queue};
+use crate::pipeline::spool::Spool;
+use crate::pipeline::spool::tests::TempDir;
 use crate::pipeline::stats::Outcomes;
-use crate::pipeline::transport::{Sending, Transport};
+use crate::pipeline::transport::{Sending, SendingBody, Transport};
 use crate::row::{Columns, RowShape};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -26,6 +29,8 @@ const WAIT: Duration = Duration::from_secs(20);
 enum Script {
     Accept,
     Fail,
+    /// The service stayed down for the whole retry deadline.
+    Down,
     /// Wait for a permit from [`Scripted::release`], then accept.
     Hold,
     Panic,
@@ -34,6 +39,9 @@ enum Script {
 /// A batch as the transport received it: its row ids and rows.
 #[derive(Clone, Debug)]
 struct Received {
+    /// A spooled batch sent again (a gzipped body).
+    replay: bool,
+    accepted: bool,
     rows: Vec<String>,
     array_len: usize,
 }
@@ -65,18 +73,23 @@ impl Scripted {
     }
 }
 
-impl Transport for Scripted {
-    fn send(&self, _: &Destination, batch: Batch) -> Sending {
-        let rows: Vec<String> = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+impl Scripted {
+    /// Records what arrived and decides its fate by the script.
+    fn receive(&self, rows: Vec<String>, replay: bool) -> impl Future<Output = SendOutcome> + Send + use<> {
         let array_len = rows.iter().map(String::len).sum::<usize>() + rows.len().saturating_sub(1) + 2;
-        let number = {
+        let script = {
             let mut received = self.received.lock().unwrap();
-            received.push(Received { rows, array_len });
-            received.len() - 1
+            let script = (self.script)(received.len());
+            received.push(Received {
+                replay,
+                accepted: matches!(script, Script::Accept | Script::Hold),
+                rows,
+                array_len,
+            });
+            script
         };
-        let script = (self.script)(number);
         let gate = self.gate.clone();
-        Box::pin(async move {
+        async move {
             let result = match script {
                 Script::Accept => Ok(()),
                 Script::Fail => Err(FailureReason::Rejected {
@@ -85,21 +98,38 @@ impl Transport for Scripted {
                     message: "scripted".into(),
                     hint: "scripted",
                 }),
+                Script::Down => Err(FailureReason::RetriesExhausted {
+                    attempts: 3,
+                    last_error: "scripted outage".into(),
+                }),
                 Script::Hold => {
                     gate.acquire().await.expect("the gate stays open").forget();
                     Ok(())
                 }
                 Script::Panic => panic!("scripted panic"),
             };
-            vec![(
-                batch,
-                SendOutcome {
-                    attempts: 1,
-                    wire_bytes: 0,
-                    result,
-                },
-            )]
-        })
+            SendOutcome {
+                attempts: 1,
+                wire_bytes: 0,
+                result,
+            }
+        }
+    }
+}
+
+impl Transport for Scripted {
+    fn send(&self, _: &Destination, batch: Batch) -> Sending {
+        let rows: Vec<String> = batch.rows().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+        let outcome = self.receive(rows, false);
+        Box::pin(async move { vec![(batch, outcome.await)] })
+    }
+
+    fn send_body(&self, _: &Destination, body: Vec<u8>) -> SendingBody {
+        let mut json = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut json).unwrap();
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        let rows = rows.iter().map(|r| r.to_string()).collect();
+        Box::pin(self.receive(rows, true))
     }
 
     fn max_concurrency(&self) -> usize {
@@ -122,6 +152,11 @@ struct Harness {
 
 impl Harness {
     fn start(transport: Arc<Scripted>) -> Harness {
+        Harness::start_with(transport, None)
+    }
+
+    fn start_with(transport: Arc<Scripted>, spool: Option<&Spool>) -> Harness {
+        let spool = spool.map(|s| super::spill::SpoolState::new(s.open().unwrap(), s.sync));
         let queue = Arc::new(Queue::new(65_536, 8 << 20, FullPolicy::DropNewest));
         let outcomes = Arc::new(Outcomes::default());
         let destinations = Arc::new(Destinations::new(Destination {
@@ -137,9 +172,16 @@ impl Harness {
             shape: Arc::new(RowShape::new(&Columns::default())),
         };
         let (control, control_rx) = crossbeam_channel::unbounded();
-        let worker = Worker::new(queue.clone(), destinations.clone(), transport, outcomes.clone(), config)
-            .spawn(control_rx)
-            .unwrap();
+        let worker = Worker::new(
+            queue.clone(),
+            destinations.clone(),
+            transport,
+            outcomes.clone(),
+            config,
+            spool,
+        )
+        .spawn(control_rx)
+        .unwrap();
         Harness {
             queue,
             outcomes,
@@ -169,6 +211,10 @@ impl Harness {
 
     fn failed(&self) -> u64 {
         self.outcomes.failed.load(Ordering::Relaxed)
+    }
+
+    fn spooled(&self) -> u64 {
+        self.outcomes.spooled.load(Ordering::Relaxed)
     }
 
     fn shutdown(&mut self) {
@@ -317,4 +363,79 @@ fn a_panicking_upload_fails_its_batch_as_a_bug_and_the_worker_goes_on() {
         matches!(failures[0].reason(), FailureReason::UploadPanicked { message } if message.contains("scripted panic")),
         "{failures:?}"
     );
+}
+
+/// Rows the transport accepted, by number, each as often as it was accepted.
+fn accepted_rows(transport: &Scripted) -> Vec<u64> {
+    let mut rows: Vec<u64> = transport
+        .received()
+        .iter()
+        .filter(|r| r.accepted)
+        .flat_map(|r| row_numbers(&r.rows))
+        .collect();
+    rows.sort_unstable();
+    rows
+}
+
+#[test]
+fn an_outage_past_the_retry_deadline_goes_to_the_spool_and_comes_back() {
+    let dir = TempDir::new("worker-outage");
+    // The first six uploads find the service down for their whole retry deadline.
+    let transport = Scripted::new(100, |n| if n < 6 { Script::Down } else { Script::Accept });
+    let h = Harness::start_with(transport.clone(), Some(&Spool::dir(&dir.0, 1 << 20)));
+    h.push(0..300);
+    assert_eq!(h.flush(WAIT), None);
+    assert_eq!(h.failed(), 0, "nothing fails: it is spooled");
+    assert!(h.spooled() > 0);
+    wait_until("the spool was sent again", || h.sent() == 300);
+    assert_eq!(h.spooled(), 0);
+    assert_eq!(
+        accepted_rows(&transport),
+        (0..300).collect::<Vec<_>>(),
+        "every row once"
+    );
+    assert!(transport.received().iter().any(|r| r.replay && r.accepted));
+}
+
+#[test]
+fn shutdown_spools_what_it_holds_and_the_next_worker_sends_it() {
+    let dir = TempDir::new("worker-restart");
+    let spool = Spool::dir(&dir.0, 1 << 20);
+    let held = Scripted::new(100, |_| Script::Hold);
+    let mut first = Harness::start_with(held.clone(), Some(&spool));
+    first.push(0..1_000);
+    wait_until("uploads are in flight", || held.received().len() == 2);
+    first.shutdown();
+    let (enqueued, dropped) = first.queue.counts();
+    assert_eq!((first.sent(), first.failed(), dropped), (0, 0, 0));
+    assert_eq!(
+        first.spooled(),
+        1_000,
+        "in flight, waiting, open and queued rows are all on disk"
+    );
+    assert_eq!(enqueued, 1_000);
+    drop(first);
+
+    let transport = Scripted::new(100, |_| Script::Accept);
+    let second = Harness::start_with(transport.clone(), Some(&spool));
+    wait_until("the first process's rows were sent", || {
+        second.outcomes.replayed.load(Ordering::Relaxed) == 1_000
+    });
+    assert_eq!(accepted_rows(&transport), (0..1_000).collect::<Vec<_>>());
+    assert_eq!((second.sent(), second.spooled()), (0, 0), "not this process's rows");
+}
+
+#[test]
+fn a_spool_that_cannot_take_a_batch_fails_it_and_counts_the_error() {
+    let dir = TempDir::new("worker-full");
+    let transport = Scripted::new(100, |_| Script::Down);
+    // Room for a segment header and not one batch.
+    let h = Harness::start_with(transport, Some(&Spool::dir(&dir.0, 20)));
+    h.push(0..50);
+    assert_eq!(h.flush(WAIT), None);
+    assert_eq!(h.failed(), 50, "refused by the full spool: failed as without one");
+    assert_eq!(h.spooled(), 0);
+    assert!(h.outcomes.spool_errors.load(Ordering::Relaxed) > 0);
+    let reported: usize = h.failures.lock().unwrap().iter().map(FailedBatch::len).sum();
+    assert_eq!(reported, 50);
 }

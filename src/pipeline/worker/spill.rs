@@ -1,0 +1,358 @@
+//! The disk spool from the worker's side. A batch whose retries ran out, and at shutdown every
+//! batch and queued row not yet confirmed, go to disk instead of failing; spooled batches are
+//! sent again oldest first, one at a time next to the new rows, and confirmed ones leave the
+//! spool. When the spool cannot take a batch (full, a disk error), its rows fail as they would
+//! without a spool, and the error is counted.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+
+use super::{Finished, Worker, panic_message};
+use crate::client::batch::{Batch, BatchBuilder, Compressed, Push, compress_fitting};
+use crate::client::{FailedBatch, FailureReason, MAX_BODY_BYTES, SendOutcome};
+use crate::pipeline::destinations::Destination;
+use crate::pipeline::spool::{Position, SpoolError, SpoolStore, SpoolSync, SpooledBatch};
+
+/// The first wait after a spooled batch could not be sent again, and the longest.
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+const LONGEST_PAUSE: Duration = Duration::from_secs(30);
+
+/// The spool and where its replay stands.
+pub(crate) struct SpoolState {
+    store: SpoolStore,
+    sync: SpoolSync,
+    /// Written since the last sync.
+    dirty: bool,
+    synced: Instant,
+    /// A spooled batch is being sent (one at a time).
+    replaying: bool,
+    /// After a failed replay: no new one before this.
+    paused_until: Option<Instant>,
+    pause: Duration,
+    /// The first spool error, said once on stderr.
+    said: bool,
+    /// Losses of the store already accounted for.
+    losses_seen: usize,
+}
+
+impl SpoolState {
+    pub(crate) fn new(store: SpoolStore, sync: SpoolSync) -> Self {
+        SpoolState {
+            store,
+            sync,
+            dirty: false,
+            synced: Instant::now(),
+            replaying: false,
+            paused_until: None,
+            pause: FIRST_PAUSE,
+            said: false,
+            losses_seen: 0,
+        }
+    }
+
+    /// Says on stderr what recovery found lost in the spool an earlier process left (those rows
+    /// are in no count of this process), and starts accounting from there.
+    pub(crate) fn report_recovery(&mut self) {
+        for loss in self.store.lost() {
+            eprintln!(
+                "tracing-azure-logs: spool recovery: {} byte(s) of segment {} from offset {} are lost: {}",
+                loss.bytes, loss.segment, loss.offset, loss.reason
+            );
+        }
+        self.losses_seen = self.store.lost().len();
+    }
+}
+
+/// A spooled batch sent again, and how it went.
+pub(super) struct Replayed {
+    rule_id: String,
+    stream: String,
+    first_row: u64,
+    rows: u32,
+    /// Where the spool stood before and after the batch.
+    before: Position,
+    after: Position,
+    /// Written by this process (its rows are in `Stats::spooled`), not by an earlier one.
+    own: bool,
+    outcome: Result<SendOutcome, String>,
+}
+
+impl Worker {
+    /// Writes `batch` (a part that could not be delivered now) to the spool. Gives back what the
+    /// spool could not take (no spool, full, a disk error), for the caller to fail.
+    pub(super) fn spill(&mut self, destination: &Destination, batch: Batch) -> Vec<Batch> {
+        let Some(spool) = self.spool.as_mut() else {
+            return vec![batch];
+        };
+        // Level 1: spilling happens while the service is down and the queue fills; the parts
+        // were sent at the client's level, so split again if this gzip is bigger.
+        let fitted = compress_fitting(batch, 1, MAX_BODY_BYTES);
+        let mut unspooled: Vec<Batch> = fitted.too_large.into_iter().map(|(b, _)| b).collect();
+        let mut error = None;
+        for Compressed { batch, body } in fitted.bodies {
+            if error.is_some() {
+                unspooled.push(batch);
+                continue;
+            }
+            let rows = batch
+                .ids()
+                .iter()
+                .filter(|&&id| !super::report::is_diagnostic(id))
+                .count() as u32;
+            let record = SpooledBatch {
+                rule_id: destination.rule_id.clone(),
+                stream: destination.stream.clone(),
+                first_row: batch.ids().first().copied().unwrap_or_default() as u64,
+                rows,
+                body,
+            };
+            let written = spool.store.append(&record).and_then(|()| match spool.sync {
+                SpoolSync::EveryBatch => spool.store.sync(),
+                _ => Ok(()),
+            });
+            match written {
+                Ok(()) => {
+                    spool.dirty = true;
+                    self.outcomes.spooled.fetch_add(u64::from(rows), Ordering::Relaxed);
+                }
+                Err(e) => {
+                    error = Some(e);
+                    unspooled.push(batch);
+                }
+            }
+        }
+        if let Some(error) = error {
+            self.spool_error(&error);
+        }
+        self.account_spool();
+        unspooled
+    }
+
+    /// Brings the counts up to date with the store: its size, and rows of this process that
+    /// `DropOldest` deleted to make room (they move from `spooled` to `dropped`; their text is
+    /// gone, so `on_error` does not get them, and the first such drop is said on stderr).
+    fn account_spool(&mut self) {
+        let Some(spool) = self.spool.as_mut() else { return };
+        self.outcomes
+            .spool_bytes
+            .store(spool.store.bytes_on_disk(), Ordering::Relaxed);
+        let mine_after = spool.store.recovered_end().segment;
+        let new: Vec<_> = spool.store.lost()[spool.losses_seen..].to_vec();
+        spool.losses_seen = spool.store.lost().len();
+        for loss in new {
+            let Some(rows) = loss.rows.filter(|&n| n > 0) else {
+                continue;
+            };
+            // Rows an earlier process left are in no count of this one.
+            if loss.segment > mine_after {
+                self.outcomes.spooled.fetch_sub(rows, Ordering::Relaxed);
+                self.outcomes.spool_dropped.fetch_add(rows, Ordering::Relaxed);
+            }
+            if !spool.said {
+                spool.said = true;
+                eprintln!(
+                    "tracing-azure-logs: the spool is full: {rows} row(s) of its oldest batches were dropped to make \
+                     room (counted in Stats::dropped); raise its max_bytes"
+                );
+            }
+        }
+    }
+
+    /// Counts a spool error, and says the first one on stderr.
+    fn spool_error(&mut self, error: &SpoolError) {
+        self.outcomes.spool_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(spool) = self.spool.as_mut()
+            && !spool.said
+        {
+            spool.said = true;
+            eprintln!(
+                "tracing-azure-logs: {error}; batches that cannot be spooled are reported failed \
+                 (further spool errors are counted in Stats::spool_errors)"
+            );
+        }
+    }
+
+    /// Syncs what was spooled, per the policy; `now` at shutdown whatever the interval.
+    pub(super) fn sync_spool(&mut self, now: bool) {
+        let Some(spool) = self.spool.as_mut() else { return };
+        let due = match spool.sync {
+            SpoolSync::Interval(every) => now || spool.synced.elapsed() >= every,
+            SpoolSync::EveryBatch => now,
+            SpoolSync::Never => false,
+        };
+        if !(spool.dirty && due) {
+            return;
+        }
+        spool.dirty = false;
+        spool.synced = Instant::now();
+        if let Err(e) = spool.store.sync() {
+            self.spool_error(&e);
+        }
+    }
+
+    /// Starts sending the oldest spooled batch, if there is one, no other is being sent, an
+    /// upload slot is free after the new rows' batches, and no failed replay asks to wait.
+    pub(super) fn start_replay(&mut self) {
+        let free = self.in_flight.len() < self.transport.max_concurrency();
+        let Some(spool) = self.spool.as_mut() else { return };
+        if spool.replaying
+            || !free
+            || spool.store.unread() == 0
+            || spool.paused_until.is_some_and(|t| Instant::now() < t)
+        {
+            return;
+        }
+        let before = spool.store.acked();
+        let (batch, after) = match spool.store.next() {
+            Ok(Some(next)) => next,
+            Ok(None) => return,
+            Err(e) => {
+                self.spool_error(&e);
+                return;
+            }
+        };
+        spool.replaying = true;
+        let own = after > spool.store.recovered_end();
+        let destination = Destination {
+            rule_id: batch.rule_id,
+            stream: batch.stream,
+        };
+        let sending = self.transport.send_body(&destination, batch.body);
+        let (first_row, rows) = (batch.first_row, batch.rows);
+        self.in_flight.push(Box::pin(async move {
+            let outcome = AssertUnwindSafe(sending)
+                .catch_unwind()
+                .await
+                .map_err(|panic| panic_message(&*panic).to_owned());
+            Finished::Replay(Replayed {
+                rule_id: destination.rule_id,
+                stream: destination.stream,
+                first_row,
+                rows,
+                before,
+                after,
+                own,
+                outcome,
+            })
+        }));
+    }
+
+    /// A spooled batch was sent again: confirmed ones leave the spool; one the service cannot
+    /// take now goes back, and replay waits (1 s, doubling to 30 s, or until a new batch gets
+    /// through); one it refuses for good is reported and leaves the spool.
+    pub(super) fn settle_replay(&mut self, done: Replayed) {
+        let Some(spool) = self.spool.as_mut() else { return };
+        spool.replaying = false;
+        let rows = u64::from(done.rows);
+        let result = match done.outcome {
+            Ok(outcome) => outcome.result,
+            Err(panic) => Err(FailureReason::UploadPanicked { message: panic }),
+        };
+        let retry_later = matches!(
+            result,
+            Err(FailureReason::RetriesExhausted { .. } | FailureReason::Authentication { .. })
+        );
+        if retry_later {
+            spool.store.unread_last(done.before, done.after, done.rows);
+            spool.paused_until = Some(Instant::now() + spool.pause);
+            spool.pause = (spool.pause * 2).min(LONGEST_PAUSE);
+            return;
+        }
+        spool.pause = FIRST_PAUSE;
+        spool.paused_until = None;
+        let acked = spool.store.ack(done.after);
+        if let Err(e) = acked {
+            self.spool_error(&e);
+        }
+        self.account_spool();
+        let outcomes = &self.outcomes;
+        match result {
+            Ok(()) if done.own => {
+                outcomes.spooled.fetch_sub(rows, Ordering::Relaxed);
+                outcomes.sent.fetch_add(rows, Ordering::Relaxed);
+            }
+            Ok(()) => {
+                outcomes.replayed.fetch_add(rows, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                if done.own {
+                    outcomes.spooled.fetch_sub(rows, Ordering::Relaxed);
+                    outcomes.failed.fetch_add(rows, Ordering::Relaxed);
+                }
+                let failed = FailedBatch {
+                    rule_id: done.rule_id,
+                    stream: done.stream,
+                    reason,
+                    indices: (done.first_row as usize..(done.first_row + rows) as usize).collect(),
+                    rows: Vec::new(),
+                };
+                self.deliver(failed, rows);
+            }
+        }
+    }
+
+    /// A batch got through: the service answers again, so replay need not wait.
+    pub(super) fn service_answers(&mut self) {
+        if let Some(spool) = self.spool.as_mut() {
+            spool.paused_until = None;
+            spool.pause = FIRST_PAUSE;
+        }
+    }
+
+    /// At shutdown, with a spool: the rows still queued, in batches per destination, go to the
+    /// spool. Returns how many rows it took off the queue and the ids of those it could not
+    /// spool.
+    pub(super) fn spool_queued(&mut self) -> (u64, Vec<usize>) {
+        let mut builders: Vec<(u32, BatchBuilder)> = Vec::new();
+        let mut closed: Vec<(u32, Batch)> = Vec::new();
+        let first = self.taken as usize + 1;
+        let mut taken = 0u64;
+        let max = self.transport.max_uncompressed();
+        let mut unknown = Vec::new();
+        let mut reader = std::mem::take(&mut self.reader);
+        let queue = self.queue.clone();
+        reader.read_revoking_all(&queue, |stream, row| {
+            let id = first + taken as usize;
+            taken += 1;
+            let index = match builders.iter().position(|(s, _)| *s == stream) {
+                Some(i) => i,
+                None => {
+                    builders.push((stream, BatchBuilder::new(max)));
+                    builders.len() - 1
+                }
+            };
+            let builder = &mut builders[index].1;
+            match builder.push(row, id) {
+                Push::Added => {}
+                Push::Full => {
+                    closed.extend(builder.take().map(|b| (stream, b)));
+                    if builder.push(row, id) != Push::Added {
+                        unknown.push(id);
+                    }
+                }
+                Push::TooLarge => unknown.push(id),
+            }
+            true
+        });
+        self.reader = reader;
+        closed.extend(builders.into_iter().filter_map(|(s, mut b)| b.take().map(|b| (s, b))));
+        let mut unspooled = unknown;
+        for (stream, batch) in closed {
+            let Some(destination) = self.destinations.get(stream) else {
+                unspooled.extend_from_slice(batch.ids());
+                continue;
+            };
+            for left in self.spill(&destination, batch) {
+                unspooled.extend_from_slice(left.ids());
+            }
+        }
+        (taken, unspooled)
+    }
+
+    pub(super) fn has_spool(&self) -> bool {
+        self.spool.is_some()
+    }
+}
