@@ -60,6 +60,13 @@ pub enum FailureReason {
     /// The pipeline stopped before the rows were settled (shutdown or flush timeout).
     #[error("not confirmed before shutdown: {0}")]
     Shutdown(String),
+    /// The batch waited for an upload slot while the queue filled up, and the disk spool could
+    /// take only part of it (full, or a disk error): these rows were not sent.
+    #[error("not sent: the disk spool could take only part of the batch ({message})")]
+    NotSpooled {
+        /// Why the spool refused.
+        message: String,
+    },
     /// The upload panicked: a bug in this crate (please open an issue with the message). The
     /// rows were not confirmed; the service may or may not have stored them.
     #[error("internal error in tracing-azure-logs, the upload panicked: {message}; please report it")]

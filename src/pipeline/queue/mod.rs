@@ -81,6 +81,7 @@ pub(crate) struct QueueCounters {
 
 #[derive(Debug)]
 pub(crate) struct Queue {
+    max_rows: usize,
     page_bytes: usize,
     max_pages: usize,
     budget: Budget,
@@ -108,6 +109,7 @@ impl Queue {
             .max(max_rows.div_ceil(max_pages))
             .clamp(1, MAX_CREDIT);
         Queue {
+            max_rows,
             page_bytes,
             max_pages,
             budget: Budget {
@@ -179,6 +181,18 @@ impl Queue {
         (self.max_pages * self.page_bytes)
             .min((u32::MAX as usize).min(BYTES))
             .saturating_sub(HEADER)
+    }
+
+    /// Whether more than half the queue is taken, in rows or in page memory: rows that wait now
+    /// may soon be dropped.
+    pub(crate) fn under_pressure(&self) -> bool {
+        let rows_free = self.budget.free_rows.load(Ordering::Relaxed);
+        let pages_in_use = self
+            .budget
+            .charged
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.pool.len());
+        rows_free < self.max_rows / 2 || pages_in_use > self.max_pages / 2
     }
 
     /// Row capacity neither queued nor lent to an open page.

@@ -12,8 +12,10 @@ use super::{SpoolError, SpoolStore, WhenFull};
 /// [`AzureLogsBuilder::spool`](crate::AzureLogsBuilder::spool).
 ///
 /// What goes to disk: a batch whose retries ran out (the service was down or unreachable for
-/// longer than the retry deadline) instead of failing, and, at shutdown, every batch and queued
-/// row not yet confirmed instead of being reported failed. Spooled batches are sent again oldest
+/// longer than the retry deadline) instead of failing; a closed batch waiting for an upload slot
+/// while the queue is more than half full (uploads cannot keep up), instead of leaving rows to be
+/// dropped; and, at shutdown, every batch and queued row not yet confirmed instead of being
+/// reported failed. Spooled batches are sent again oldest
 /// first, one at a time next to the new rows, once the service answers again; the next process
 /// on the same directory sends what this one left. Delivery stays at-least-once.
 ///

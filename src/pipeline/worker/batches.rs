@@ -45,7 +45,13 @@ impl Worker {
     /// batch waiting and this row does not fit the open one (the row is left where it is).
     pub(super) fn place(&mut self, stream: u32, row: &[u8]) -> bool {
         let row_id = self.taken as usize + 1;
-        match self.add(stream, row, row_id) {
+        let mut added = self.add(stream, row, row_id);
+        // With a spool, the waiting batch goes to disk rather than leave rows in a queue that
+        // would soon drop them (the service is slow or down); then the row fits.
+        if added == Added::Blocked && self.spill_waiting(stream) {
+            added = self.add(stream, row, row_id);
+        }
+        match added {
             Added::Yes => {}
             Added::Blocked => return false,
             Added::TooLarge => {

@@ -161,6 +161,45 @@ impl Worker {
         }
     }
 
+    /// With a spool and a queue more than half full: writes the closed batch of `stream` that
+    /// waits for an upload slot to the spool, so the stream can go on. Whether it did.
+    pub(super) fn spill_waiting(&mut self, stream: u32) -> bool {
+        if self.spool.is_none() || !self.queue.under_pressure() {
+            return false;
+        }
+        let Some(index) = self.ready.iter().position(|r| r.stream == stream) else {
+            return false;
+        };
+        let super::Ready { id, batch, .. } = self.ready.remove(index).expect("found above");
+        let destination = self.destination(stream);
+        let rows = batch.len();
+        let original = batch.clone();
+        let left = self.spill(&destination, batch);
+        if left.is_empty() {
+            return true;
+        }
+        if left.iter().map(Batch::len).sum::<usize>() == rows {
+            // The spool took none of it: it waits for a slot, as without a spool.
+            self.ready.insert(
+                index,
+                super::Ready {
+                    id,
+                    stream,
+                    batch: original,
+                },
+            );
+            return false;
+        }
+        // Split, and only some parts spooled (the spool filled up or failed in between).
+        for part in left {
+            let reason = FailureReason::NotSpooled {
+                message: "see Stats::spool_errors and the first error on stderr".into(),
+            };
+            self.fail_batch(&destination, reason, &part);
+        }
+        true
+    }
+
     /// Counts a spool error, and says the first one on stderr.
     fn spool_error(&mut self, error: &SpoolError) {
         self.outcomes.spool_errors.fetch_add(1, Ordering::Relaxed);
