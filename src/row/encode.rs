@@ -91,23 +91,49 @@ pub(crate) fn write_head(shape: &RowShape, row: &mut Vec<u8>, level: &Level, tar
 /// The worker's row reporting drops: level WARN, target `tracing_azure_logs`, properties
 /// `dropped` (since the last report) and `dropped_total`.
 pub(crate) fn encode_diagnostic(shape: &RowShape, row: &mut Vec<u8>, dropped: u64, total: u64) {
+    encode_warning(
+        shape,
+        row,
+        [("dropped", dropped), ("dropped_total", total)],
+        format_args!(
+            "tracing-azure-logs dropped {dropped} row(s) since its last report ({total} in all): the queue was full"
+        ),
+    );
+}
+
+/// The worker's row reporting spool writes that failed: properties `spool_errors` (since the
+/// last report) and `spool_errors_total`.
+pub(crate) fn encode_spool_diagnostic(shape: &RowShape, row: &mut Vec<u8>, errors: u64, total: u64) {
+    encode_warning(
+        shape,
+        row,
+        [("spool_errors", errors), ("spool_errors_total", total)],
+        format_args!(
+            "tracing-azure-logs could not write {errors} batch(es) to its disk spool since its last report ({total} in \
+             all); their rows were reported failed"
+        ),
+    );
+}
+
+/// A WARN row from target `tracing_azure_logs` with integer properties and a message.
+fn encode_warning(shape: &RowShape, row: &mut Vec<u8>, properties: [(&str, u64); 2], message: std::fmt::Arguments<'_>) {
     begin_row(shape, row, &Level::WARN, "tracing_azure_logs");
     if let Some(k) = &shape.properties {
         key(row, k);
-        row.extend_from_slice(b"{\"dropped\":");
-        write_int(row, dropped);
-        row.extend_from_slice(b",\"dropped_total\":");
-        write_int(row, total);
+        row.push(b'{');
+        for (i, (name, value)) in properties.iter().enumerate() {
+            if i > 0 {
+                row.push(b',');
+            }
+            write_str(row, name);
+            row.push(b':');
+            write_int(row, *value);
+        }
         row.push(b'}');
     }
     if let Some(k) = &shape.message {
         key(row, k);
-        write_fmt(
-            row,
-            format_args!(
-                "tracing-azure-logs dropped {dropped} row(s) since its last report ({total} in all): the queue was full"
-            ),
-        );
+        write_fmt(row, message);
     }
     if let Some(k) = &shape.spans {
         key(row, k);

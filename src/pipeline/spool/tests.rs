@@ -285,8 +285,8 @@ fn a_second_user_of_the_directory_is_refused() {
 
 /// A disk that fills up once `room` bytes have been appended.
 #[derive(Debug)]
-struct FillingDisk {
-    room: AtomicU64,
+pub(crate) struct FillingDisk {
+    pub(crate) room: AtomicU64,
 }
 
 impl Disk for FillingDisk {

@@ -124,25 +124,42 @@ impl Worker {
     /// While rows are being dropped, adds one row per interval to the main stream saying how many.
     /// When the stream has no room for it, it tries again on the next tick.
     pub(super) fn diagnose(&mut self) {
-        let dropped = self.queue.dropped();
-        if dropped == self.reported_drops {
-            return;
-        }
         if self
             .last_diagnostic
             .is_some_and(|t| t.elapsed() < self.config.diagnostic_interval)
         {
             return;
         }
-        let new = dropped - self.reported_drops;
+        let shape = self.config.shape.clone();
         let mut row = Vec::with_capacity(512);
-        crate::row::encode::encode_diagnostic(&self.config.shape, &mut row, new, dropped);
+        let dropped = self.queue.dropped();
+        if dropped != self.reported_drops {
+            let new = dropped - self.reported_drops;
+            crate::row::encode::encode_diagnostic(&shape, &mut row, new, dropped);
+            if self.add_diagnostic(&row) {
+                self.reported_drops = dropped;
+            }
+            return;
+        }
+        let errors = self.outcomes.spool_errors.load(Ordering::Relaxed);
+        if errors != self.reported_spool_errors {
+            let new = errors - self.reported_spool_errors;
+            crate::row::encode::encode_spool_diagnostic(&shape, &mut row, new, errors);
+            if self.add_diagnostic(&row) {
+                self.reported_spool_errors = errors;
+            }
+        }
+    }
+
+    /// Adds a diagnostic row to the main stream; whether there was room for it now.
+    fn add_diagnostic(&mut self, row: &[u8]) -> bool {
         let id = DIAGNOSTIC_ID + self.diagnostics;
-        if self.add(0, &row, id) == Added::Yes {
-            self.reported_drops = dropped;
+        let added = self.add(0, row, id) == Added::Yes;
+        if added {
             self.last_diagnostic = Some(Instant::now());
             self.diagnostics += 1;
         }
+        added
     }
 
     /// At shutdown: everything not yet confirmed is reported failed, so that

@@ -167,7 +167,7 @@ impl Harness {
         let sink = failures.clone();
         let config = WorkerConfig {
             max_delay: Duration::from_millis(20),
-            diagnostic_interval: Duration::from_secs(60),
+            diagnostic_interval: Duration::from_millis(50),
             on_error: Some(Arc::new(move |f| sink.lock().unwrap().push(f))),
             shape: Arc::new(RowShape::new(&Columns::default())),
         };
@@ -241,13 +241,10 @@ fn wait_until(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
+/// The `i` of each pushed row (the worker's diagnostic rows have none).
 fn row_numbers(rows: &[String]) -> Vec<u64> {
     rows.iter()
-        .map(|r| {
-            serde_json::from_str::<serde_json::Value>(r).unwrap()["i"]
-                .as_u64()
-                .unwrap()
-        })
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["i"].as_u64())
         .collect()
 }
 
@@ -438,4 +435,44 @@ fn a_spool_that_cannot_take_a_batch_fails_it_and_counts_the_error() {
     assert!(h.outcomes.spool_errors.load(Ordering::Relaxed) > 0);
     let reported: usize = h.failures.lock().unwrap().iter().map(FailedBatch::len).sum();
     assert_eq!(reported, 50);
+}
+
+#[test]
+fn a_full_disk_under_the_spool_fails_what_it_cannot_take_says_so_and_shipping_goes_on() {
+    let dir = TempDir::new("worker-enospc");
+    // The service is down for the first eight uploads; the disk fills after 400 bytes.
+    // Batches of up to 1,000 bytes: room for the diagnostic row too.
+    let transport = Scripted::new(1_000, |n| if n < 8 { Script::Down } else { Script::Accept });
+    let mut spool = Spool::dir(&dir.0, 1 << 20);
+    spool.disk = Arc::new(crate::pipeline::spool::tests::FillingDisk {
+        room: std::sync::atomic::AtomicU64::new(400),
+    });
+    let h = Harness::start_with(transport.clone(), Some(&spool));
+    h.push(0..2_000);
+    assert_eq!(h.flush(WAIT), None);
+    wait_until("the spooled rows were sent", || h.spooled() == 0);
+    let errors = h.outcomes.spool_errors.load(Ordering::Relaxed);
+    assert!(errors > 0, "the full disk was counted");
+    assert!(
+        h.failed() > 0 && h.sent() > 0,
+        "sent {} failed {}",
+        h.sent(),
+        h.failed()
+    );
+    assert_eq!(h.sent() + h.failed(), 2_000, "every row sent or reported failed");
+    let reported: usize = h.failures.lock().unwrap().iter().map(FailedBatch::len).sum();
+    assert_eq!(reported as u64, h.failed());
+    // A diagnostic row said the spool failed (in a batch of its own time: sent, or spooled and
+    // failed like the rows around it while the service was down).
+    wait_until("a diagnostic row about the spool was uploaded", || {
+        transport
+            .received()
+            .iter()
+            .flat_map(|r| r.rows.clone())
+            .any(|row| row.contains("\"spool_errors_total\""))
+    });
+    // Later rows still go out.
+    h.push(2_000..2_010);
+    assert_eq!(h.flush(WAIT), None);
+    assert_eq!(h.sent() + h.failed(), 2_010);
 }
