@@ -48,6 +48,8 @@ pub enum Column {
     Line,
     /// `Thread`.
     Thread,
+    /// The row id column (off unless [`AzureLogsBuilder::row_id_column`] turned it on).
+    RowId,
 }
 
 /// Entry point of the tracing pipeline.
@@ -189,6 +191,25 @@ impl AzureLogsBuilder {
     /// Renames a default column.
     pub fn rename_column(mut self, column: Column, name: impl Into<String>) -> Self {
         *self.column_mut(column) = Some(name.into());
+        self
+    }
+
+    /// Adds a column `name` (type `long`) with a 64-bit id per row, unique per process start.
+    /// Delivery is at-least-once (a request that timed out after the service stored it, or a
+    /// spooled batch sent again after a crash, arrives twice); the id tells such a duplicate from
+    /// a second row. Declare the column in the DCR's stream and the table (the
+    /// [`Columns::stream_declaration`] lists it), then deduplicate in queries:
+    ///
+    /// ```text
+    /// MyService_CL
+    /// | where TimeGenerated > ago(1d)
+    /// | summarize arg_min(TimeGenerated, *) by RowId, Computer
+    /// ```
+    ///
+    /// Rows of `log` records and the crate's diagnostic rows get ids too; rows of
+    /// [`Table`](crate::Table)s do not (they are the application's own objects).
+    pub fn row_id_column(mut self, name: impl Into<String>) -> Self {
+        self.columns.row_id = Some(name.into());
         self
     }
 
@@ -338,6 +359,7 @@ impl AzureLogsBuilder {
             Column::File => &mut c.file,
             Column::Line => &mut c.line,
             Column::Thread => &mut c.thread,
+            Column::RowId => &mut c.row_id,
         }
     }
 

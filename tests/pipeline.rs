@@ -1101,6 +1101,12 @@ fn on_error_gets_the_rows_stats_count_failed_and_no_diagnostic_row() {
         }
     });
     assert!(guard.flush_within(WAIT).completed);
+    // The diagnostic row about the second burst's drops may be added after the flush's rows.
+    let diagnostic_arrived = || emu.rows(STREAM).iter().any(|r| r["Target"] == "tracing_azure_logs");
+    assert!(
+        wait_until(diagnostic_arrived),
+        "a diagnostic row arrived after the faults ended"
+    );
     // The first diagnostic row that arrives counts the drops of one that did not: a diagnostic
     // row was in a failed batch, so the books below are tested with one.
     let rows = emu.rows(STREAM);
@@ -1165,4 +1171,51 @@ fn flush_or_drop_from_on_error_returns_at_once_and_the_worker_keeps_shipping() {
     let rows = emu.rows(STREAM);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["Message"], "after");
+}
+
+#[test]
+fn an_optional_row_id_is_unique_per_row_and_shares_the_process_prefix() {
+    let _limit = common::time_limit();
+    let emu = Emulator::start().unwrap();
+    let builder = pipeline(&emu).row_id_column("RowId");
+    let declaration = builder.columns().stream_declaration().to_string();
+    assert!(
+        declaration.contains(r#"{"name":"RowId","type":"long"}"#),
+        "{declaration}"
+    );
+    let (layer, guard) = builder.build().unwrap();
+    let shared = dispatch(layer);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                tracing::dispatcher::with_default(&shared, || {
+                    for i in 0..2_500u64 {
+                        tracing::info!(t, i, "with a row id");
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(guard.flush_within(WAIT).completed);
+    let rows = emu.rows(STREAM);
+    assert_eq!(rows.len(), 10_000);
+    let ids: Vec<u64> = rows
+        .iter()
+        .map(|r| r["RowId"].as_u64().expect("every row has an id"))
+        .collect();
+    let distinct: HashSet<u64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), 10_000, "no two rows share an id");
+    assert!(ids.iter().all(|&id| id < 1 << 63), "a positive signed long");
+    let prefixes: HashSet<u64> = ids.iter().map(|id| id >> 40).collect();
+    assert_eq!(prefixes.len(), 1, "one prefix per process start");
+    // Without the setting, rows have no id.
+    let emu = Emulator::start().unwrap();
+    let (layer, guard) = pipeline(&emu).build().unwrap();
+    tracing::dispatcher::with_default(&dispatch(layer), || tracing::info!("no id"));
+    assert!(guard.flush_within(WAIT).completed);
+    assert!(emu.rows(STREAM)[0].get("RowId").is_none());
 }

@@ -21,7 +21,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::pipeline::queue::Queue;
 use crate::route::Routes;
 use crate::row::RowShape;
-use crate::row::encode::{write_head, write_tail, write_time_column};
+use crate::row::encode::{write_head, write_row_id, write_tail, write_time_column};
 use crate::row::fields::{CachedKeys, EventFields, Fields};
 use crate::row::json::key;
 mod callsite;
@@ -210,6 +210,7 @@ impl AzureLogsLayer {
         let shape = &*self.shape;
         row.push(b'{');
         write_time_column(shape, row);
+        write_row_id(shape, row);
         match callsite {
             Some(c) => append_members(row, &c.head),
             None => write_head(shape, row, meta.level(), meta.target()),

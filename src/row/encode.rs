@@ -1,7 +1,9 @@
 //! Whole rows: the columns every row starts and ends with, shared by the layer, the log bridge
 //! and the worker's diagnostic row.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::Level;
 
@@ -11,6 +13,46 @@ use super::json::{key, write_fmt, write_int, write_str};
 thread_local! {
     /// The thread's name (or id) as a JSON string, encoded on first use.
     static THREAD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The thread's next row id and the end of its block.
+    static ROW_IDS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// Row ids a thread takes at a time from the process's counter: one shared atomic operation
+/// per 1,024 rows.
+const ROW_ID_BLOCK: u64 = 1024;
+/// Bits of a row id that count rows; the 23 above them are random per process start, so ids
+/// stay positive as a signed 64-bit `long`.
+const ROW_ID_COUNTER_BITS: u32 = 40;
+
+/// The next row id of this process: a random 23-bit prefix drawn at the first id, then a counter
+/// (1.1 × 10^12 rows). Unique within a process; two processes share a prefix with a chance of
+/// one in 8 million, so deduplicate by `RowId` and `Computer`.
+pub(crate) fn next_row_id() -> u64 {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| fastrand::u64(..1 << 23) << ROW_ID_COUNTER_BITS);
+    let take = || NEXT_BLOCK.fetch_add(ROW_ID_BLOCK, Ordering::Relaxed);
+    let count = ROW_IDS
+        .try_with(|ids| {
+            let (mut next, mut end) = ids.get();
+            if next == end {
+                next = take();
+                end = next + ROW_ID_BLOCK;
+            }
+            ids.set((next + 1, end));
+            next
+        })
+        // A thread whose locals are being torn down: a block of one.
+        .unwrap_or_else(|_| NEXT_BLOCK.fetch_add(1, Ordering::Relaxed));
+    prefix | (count & ((1 << ROW_ID_COUNTER_BITS) - 1))
+}
+
+/// The row id column, when the shape has one.
+pub(crate) fn write_row_id(shape: &RowShape, row: &mut Vec<u8>) {
+    if let Some(k) = &shape.row_id {
+        key(row, k);
+        write_int(row, next_row_id());
+    }
 }
 
 /// The columns every row ends with (file, line, thread) and the closing `}`.
@@ -54,6 +96,7 @@ fn write_thread(shape: &RowShape, row: &mut Vec<u8>) {
 pub(crate) fn begin_row(shape: &RowShape, row: &mut Vec<u8>, level: &Level, target: &str) {
     row.push(b'{');
     write_time_column(shape, row);
+    write_row_id(shape, row);
     write_head(shape, row, level, target);
 }
 

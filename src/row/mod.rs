@@ -51,6 +51,10 @@ pub struct Columns {
     pub line: Option<String>,
     /// Thread name or id. Default `Thread`.
     pub thread: Option<String>,
+    /// A 64-bit id per row, unique per process start: what tells a row sent twice (delivery is
+    /// at-least-once) from two rows. Off by default; see
+    /// [`AzureLogsBuilder::row_id_column`](crate::AzureLogsBuilder::row_id_column).
+    pub row_id: Option<String>,
     /// Columns with the same value in every row (for example `Computer`), in order.
     pub statics: Vec<(String, Value)>,
 }
@@ -68,6 +72,7 @@ impl Default for Columns {
             file: name("File"),
             line: name("Line"),
             thread: name("Thread"),
+            row_id: None,
             statics: Vec::new(),
         }
     }
@@ -75,9 +80,10 @@ impl Default for Columns {
 
 impl Columns {
     /// The default columns with their DCR types, in row order (`None` where turned off).
-    fn defaults(&self) -> [(&Option<String>, &'static str); 9] {
+    fn defaults(&self) -> [(&Option<String>, &'static str); 10] {
         [
             (&self.time_generated, "datetime"),
+            (&self.row_id, "long"),
             (&self.level, "string"),
             (&self.target, "string"),
             (&self.message, "string"),
@@ -158,6 +164,7 @@ pub(crate) struct RowShape {
     /// Unique per shape, for caches keyed on it (an address could be reused after a free).
     pub(crate) id: u64,
     pub(crate) time_generated: Option<Box<[u8]>>,
+    pub(crate) row_id: Option<Box<[u8]>>,
     pub(crate) level: Option<Box<[u8]>>,
     pub(crate) target: Option<Box<[u8]>>,
     pub(crate) message: Option<Box<[u8]>>,
@@ -193,6 +200,7 @@ impl RowShape {
         RowShape {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             time_generated: key(&columns.time_generated),
+            row_id: key(&columns.row_id),
             level: key(&columns.level),
             target: key(&columns.target),
             message: key(&columns.message),
