@@ -126,12 +126,14 @@ impl AzureLogsGuard {
         let stats = self.stats();
         if !flushed.completed {
             eprintln!(
-                "tracing-azure-logs: stopped after the {:?} flush timeout; {} row(s) were not confirmed (sent {}, failed {}, dropped {})",
+                "tracing-azure-logs: stopped after the {:?} flush timeout; {} row(s) were not confirmed \
+                 (sent {}, failed {}, dropped {}, spooled {})",
                 self.flush_timeout,
                 flushed.stats.pending(),
                 stats.sent,
                 stats.failed,
-                stats.dropped
+                stats.dropped,
+                stats.spooled
             );
         }
         FlushReport {
