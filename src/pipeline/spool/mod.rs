@@ -126,8 +126,8 @@ pub(crate) struct SpoolStore {
     reader: Option<(u64, BufReader<File>)>,
     /// The first byte not yet confirmed (the cursor on disk).
     acked: Position,
-    /// The end of what an earlier process left.
-    recovered_end: Position,
+    /// The first segment this process created: it and later ones hold this process's batches.
+    first_written: Option<u64>,
     bytes_on_disk: u64,
     /// Batches written or recovered and not yet handed out.
     unread: u64,
@@ -205,7 +205,7 @@ impl SpoolStore {
             read: start,
             reader: None,
             acked: start,
-            recovered_end: start,
+            first_written: None,
             bytes_on_disk: 0,
             unread: 0,
             lost: Vec::new(),
@@ -229,12 +229,6 @@ impl SpoolStore {
             }
         }
         store.lost = lost;
-        if let Some(last) = store.segments.back() {
-            store.recovered_end = Position {
-                segment: last.id,
-                offset: last.len,
-            };
-        }
         // Reading starts at the cursor, or at the first segment left if the cursor's is gone.
         if let Some(first) = store.segments.front()
             && first.id != store.read.segment
@@ -402,6 +396,7 @@ impl SpoolStore {
             return Err(io("writing a segment header")(e));
         }
         self.writer = Some(file);
+        self.first_written.get_or_insert(id);
         self.bytes_on_disk += MAGIC_LEN;
         self.segments.push_back(Segment {
             id,
@@ -574,10 +569,9 @@ impl SpoolStore {
         self.acked
     }
 
-    /// Where the batches found at open end: batches read at or before it were written by an
-    /// earlier process.
-    pub(crate) fn recovered_end(&self) -> Position {
-        self.recovered_end
+    /// Whether segment `id` holds batches this process wrote (not an earlier one).
+    pub(crate) fn written_here(&self, segment: u64) -> bool {
+        self.first_written.is_some_and(|first| segment >= first)
     }
 
     /// Bytes the spool's segments take on disk.

@@ -139,7 +139,6 @@ impl Worker {
         self.outcomes
             .spool_bytes
             .store(spool.store.bytes_on_disk(), Ordering::Relaxed);
-        let mine_after = spool.store.recovered_end().segment;
         let new: Vec<_> = spool.store.lost()[spool.losses_seen..].to_vec();
         spool.losses_seen = spool.store.lost().len();
         for loss in new {
@@ -147,7 +146,7 @@ impl Worker {
                 continue;
             };
             // Rows an earlier process left are in no count of this one.
-            if loss.segment > mine_after {
+            if spool.store.written_here(loss.segment) {
                 self.outcomes.spooled.fetch_sub(rows, Ordering::Relaxed);
                 self.outcomes.spool_dropped.fetch_add(rows, Ordering::Relaxed);
             }
@@ -254,7 +253,7 @@ impl Worker {
             }
         };
         spool.replaying = true;
-        let own = after > spool.store.recovered_end();
+        let own = spool.store.written_here(after.segment);
         let destination = Destination {
             rule_id: batch.rule_id,
             stream: batch.stream,

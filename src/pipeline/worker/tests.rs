@@ -476,3 +476,37 @@ fn a_full_disk_under_the_spool_fails_what_it_cannot_take_says_so_and_shipping_go
     assert_eq!(h.flush(WAIT), None);
     assert_eq!(h.sent() + h.failed(), 2_010);
 }
+
+#[test]
+fn drop_oldest_moves_this_process_rows_from_spooled_to_dropped() {
+    let dir = TempDir::new("worker-drop-oldest");
+    let transport = Scripted::new(1_000, |_| Script::Down);
+    // Segments of 64 KiB at least, so a 200 KiB bound holds about three of them.
+    let spool = Spool::dir(&dir.0, 200 * 1024).when_full(crate::pipeline::spool::SpoolFull::DropOldest);
+    let mut h = Harness::start_with(transport, Some(&spool));
+    // 1.7 MB of rows that gzip poorly: the spool overflows.
+    let mut rng = fastrand::Rng::with_seed(7);
+    for i in 0..20_000u64 {
+        let mut row = h.queue.buffer();
+        let noise: String = (0..60).map(|_| rng.alphanumeric()).collect();
+        row.extend_from_slice(format!("{{\"i\":{i},\"n\":\"{noise}\"}}").as_bytes());
+        assert!(h.queue.push(0, row));
+    }
+    assert_eq!(h.flush(WAIT), None);
+    let dropped = h.outcomes.spool_dropped.load(Ordering::Relaxed);
+    assert!(dropped > 0, "the spool overflowed");
+    assert!(h.outcomes.spool_bytes.load(Ordering::Relaxed) <= 200 * 1024);
+    assert_eq!(
+        h.spooled() + dropped + h.failed() + h.sent(),
+        20_000,
+        "every row counted once"
+    );
+    // `spooled` is what the files hold.
+    h.shutdown();
+    let mut store = spool.open().unwrap();
+    let mut on_disk = 0u64;
+    while let Some((batch, _)) = store.next().unwrap() {
+        on_disk += u64::from(batch.rows);
+    }
+    assert_eq!(h.spooled(), on_disk);
+}
