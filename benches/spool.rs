@@ -18,14 +18,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let secs: f64 = std::env::var("SPOOL_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
-    let rates: Vec<u64> = std::env::var("SPOOL_RATES")
-        .ok()
-        .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![250_000, 500_000, 750_000, 1_000_000]);
+    let secs = common::env_secs("SPOOL_SECS", 5.0);
+    let rates = common::env_rates("SPOOL_RATES", &[250_000, 500_000, 750_000, 1_000_000]);
     println!("== spool: one paced producer, {secs} s per rate, service down, default queue ==");
     let emu = common::emulator();
     emu.set_fault_rates(Some(FaultRates {

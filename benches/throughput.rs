@@ -225,14 +225,11 @@ struct RateResult {
 }
 
 fn sustained() {
-    let secs: f64 = std::env::var("THROUGHPUT_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10.0);
-    let rates: Vec<u64> = std::env::var("THROUGHPUT_RATES")
-        .ok()
-        .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![250_000, 500_000, 750_000, 1_000_000, 1_500_000, 2_000_000]);
+    let secs = common::env_secs("THROUGHPUT_SECS", 10.0);
+    let rates = common::env_rates(
+        "THROUGHPUT_RATES",
+        &[250_000, 500_000, 750_000, 1_000_000, 1_500_000, 2_000_000],
+    );
     let duration = Duration::from_secs_f64(secs);
     println!("== sustained: one paced producer, {secs} s per rate, default pipeline, emulator in process ==");
     let emu = common::emulator();

@@ -189,3 +189,16 @@ pub fn this_thread_cpu_ns() -> u64 {
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// A number of seconds from the environment variable `name`, or `default`.
+pub fn env_secs(name: &str, default: f64) -> f64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// Comma-separated rates (events per second) from the environment variable `name`, or `default`.
+pub fn env_rates(name: &str, default: &[u64]) -> Vec<u64> {
+    std::env::var(name)
+        .ok()
+        .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
