@@ -6,13 +6,13 @@
 //!
 //! `cargo bench --bench spool` (`SPOOL_RATES=250000,500000` and `SPOOL_SECS=5` change the plan).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing_azure_logs::emulator::FaultRates;
 use tracing_azure_logs::{RetryPolicy, Spool};
 
 mod common;
-use common::{events, in_request_span};
+use common::in_request_span;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -35,27 +35,9 @@ fn main() {
             .flush_timeout(Duration::from_millis(100))
             .spool(Spool::dir(&dir, 8 << 30));
         let (dispatch, guard) = common::layer_dispatch(builder);
-        let start = Instant::now();
-        let emitted = tracing::dispatcher::with_default(&dispatch, || {
-            in_request_span(|| {
-                let mut emitted = 0u64;
-                loop {
-                    let since = start.elapsed();
-                    if since.as_secs_f64() >= secs {
-                        return emitted;
-                    }
-                    let due = (rate as f64 * since.as_secs_f64()) as u64;
-                    if emitted < due {
-                        let n = (due - emitted).min(256);
-                        events(n);
-                        emitted += n;
-                    } else {
-                        std::thread::sleep(Duration::from_micros(100));
-                    }
-                }
-            })
-        });
-        let elapsed = start.elapsed();
+        let duration = Duration::from_secs_f64(secs);
+        let (emitted, elapsed) =
+            tracing::dispatcher::with_default(&dispatch, || in_request_span(|| common::paced(rate, duration, || {})));
         let stats = guard.stats();
         drop(guard);
         let _ = std::fs::remove_dir_all(&dir);

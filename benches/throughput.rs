@@ -298,31 +298,11 @@ fn sustained() {
     }
 }
 
-/// Emits the event at `rate` per second for `duration`: on each turn, whatever is due (at most
-/// 256 at once); when nothing is due, sleeps 100 µs (so the pacing is on the clock, with no sleep
-/// per event). Returns (events, elapsed, highest `pending` seen).
+/// [`common::paced`], also returning the highest `pending` seen.
 fn paced(rate: u64, duration: Duration, guard: &tracing_azure_logs::AzureLogsGuard) -> (u64, Duration, u64) {
-    let start = Instant::now();
-    let mut emitted = 0u64;
     let mut max_pending = 0;
-    let mut last_sample = start;
-    loop {
-        let now = Instant::now();
-        let since = now - start;
-        if since >= duration {
-            return (emitted, since, max_pending);
-        }
-        if now - last_sample >= Duration::from_millis(10) {
-            max_pending = max_pending.max(guard.stats().pending());
-            last_sample = now;
-        }
-        let due = (rate as f64 * since.as_secs_f64()) as u64;
-        if emitted < due {
-            let n = (due - emitted).min(256);
-            events(n);
-            emitted += n;
-        } else {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-    }
+    let (emitted, elapsed) = common::paced(rate, duration, || {
+        max_pending = max_pending.max(guard.stats().pending())
+    });
+    (emitted, elapsed, max_pending)
 }

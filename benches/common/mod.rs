@@ -202,3 +202,31 @@ pub fn env_rates(name: &str, default: &[u64]) -> Vec<u64> {
         .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
         .unwrap_or_else(|| default.to_vec())
 }
+
+/// Emits the event at `rate` per second, paced on the clock, for `duration` (call it
+/// inside [`in_request_span`]); calls `sample` every 10 ms. Returns the events emitted and the
+/// time taken.
+pub fn paced(rate: u64, duration: Duration, mut sample: impl FnMut()) -> (u64, Duration) {
+    let start = std::time::Instant::now();
+    let mut emitted = 0u64;
+    let mut last_sample = start;
+    loop {
+        let now = std::time::Instant::now();
+        let since = now - start;
+        if since >= duration {
+            return (emitted, since);
+        }
+        if now - last_sample >= Duration::from_millis(10) {
+            sample();
+            last_sample = now;
+        }
+        let due = (rate as f64 * since.as_secs_f64()) as u64;
+        if emitted < due {
+            let n = (due - emitted).min(256);
+            events(n);
+            emitted += n;
+        } else {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+}
