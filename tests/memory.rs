@@ -11,6 +11,8 @@
 mod common;
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -36,7 +38,14 @@ fn huge_error_bodies_and_tiny_row_bombs_stay_within_their_memory_bounds() {
             upload_against(&server, 1).await;
             let before = status_kib("VmRSS");
             reset_peak();
+            server.written.store(0, Ordering::Relaxed);
             let reasons = upload_against(&server, 5).await;
+            // The client stopped reading: the server wrote far less than the 5 × 256 MiB bodies.
+            let written = server.written.load(Ordering::Relaxed);
+            assert!(
+                written < 5 * 16 * MIB,
+                "the server wrote {written} bytes of error bodies"
+            );
             let grew = status_kib("VmHWM").saturating_sub(before);
             eprintln!("{status} chunked={chunked}: peak RSS +{grew} KiB over {before} KiB");
             assert_eq!(reasons.len(), 5, "five batches failed");
@@ -108,6 +117,8 @@ async fn upload_against(server: &HugeErrorServer, batches: usize) -> Vec<Failure
 
 struct HugeErrorServer {
     endpoint: String,
+    /// Body bytes the server got to write: what the client read, plus what socket buffers hold.
+    written: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -121,11 +132,14 @@ impl Drop for HugeErrorServer {
 async fn huge_error_server(status: u16, chunked: bool) -> HugeErrorServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = written.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut tcp, _)) = listener.accept().await else {
                 return;
             };
+            let counter = counter.clone();
             tokio::spawn(async move {
                 if read_request(&mut tcp).await.is_none() {
                     return;
@@ -149,6 +163,9 @@ async fn huge_error_server(status: u16, chunked: bool) -> HugeErrorServer {
                     } else {
                         tcp.write_all(&chunk).await.is_ok()
                     };
+                    if wrote {
+                        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
                     if !wrote {
                         return; // The client stopped reading and closed: what it should do.
                     }
@@ -159,7 +176,11 @@ async fn huge_error_server(status: u16, chunked: bool) -> HugeErrorServer {
             });
         }
     });
-    HugeErrorServer { endpoint, task }
+    HugeErrorServer {
+        endpoint,
+        written,
+        task,
+    }
 }
 
 /// Reads one request's head and `Content-Length` body; `None` if the peer went away.

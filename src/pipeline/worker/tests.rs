@@ -281,18 +281,17 @@ fn a_flush_returns_only_once_every_earlier_batch_has_settled() {
     );
     assert_eq!(h.sent(), 0);
     h.push(10..20);
-    wait_until("the first batch is in flight", || !transport.received().is_empty());
-    // Release one upload at a time: the flush answers only when every batch before it settled.
+    // Both batches in flight (the second closes on age), then one released at a time: the
+    // flush answers only when every batch before it settled.
+    wait_until("both batches are in flight", || transport.received().len() == 2);
     let (reply, done) = crossbeam_channel::bounded(1);
     h.control.send(Control::Flush { reply }).unwrap();
     transport.release(1);
     wait_until("one batch settled", || h.sent() > 0);
-    if transport.received().len() > 1 {
-        assert!(
-            done.recv_timeout(Duration::from_millis(100)).is_err(),
-            "answered before the second batch settled"
-        );
-    }
+    assert!(
+        done.recv_timeout(Duration::from_millis(100)).is_err(),
+        "answered before the second batch settled"
+    );
     transport.release(100);
     done.recv_timeout(WAIT)
         .expect("the flush is answered once everything settled");
@@ -336,8 +335,13 @@ fn shutdown_fails_what_is_in_flight_waiting_open_or_queued() {
     assert_eq!(h.failed() + dropped, 1_000, "every row failed or dropped, none lost");
     assert_eq!(enqueued + dropped, 1_000);
     let failures = h.failures.lock().unwrap();
-    let reported: usize = failures.iter().map(FailedBatch::len).sum();
-    assert_eq!(reported as u64, h.failed());
+    let mut ids: Vec<usize> = failures.iter().flat_map(|f| f.indices().to_vec()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        (1..=1_000).collect::<Vec<_>>(),
+        "each row reported once, by its id"
+    );
     assert!(
         failures
             .iter()
@@ -420,6 +424,13 @@ fn shutdown_spools_what_it_holds_and_the_next_worker_sends_it() {
     });
     assert_eq!(accepted_rows(&transport), (0..1_000).collect::<Vec<_>>());
     assert_eq!((second.sent(), second.spooled()), (0, 0), "not this process's rows");
+    // Confirmed on disk: a third worker would send nothing again.
+    let mut second = second;
+    second.shutdown();
+    assert!(
+        spool.open().unwrap().next().unwrap().is_none(),
+        "every replayed batch was acked"
+    );
 }
 
 #[test]
@@ -433,19 +444,25 @@ fn a_spool_that_cannot_take_a_batch_fails_it_and_counts_the_error() {
     assert_eq!(h.failed(), 50, "refused by the full spool: failed as without one");
     assert_eq!(h.spooled(), 0);
     assert!(h.outcomes.spool_errors.load(Ordering::Relaxed) > 0);
-    let reported: usize = h.failures.lock().unwrap().iter().map(FailedBatch::len).sum();
-    assert_eq!(reported, 50);
+    let failures = h.failures.lock().unwrap();
+    let mut rows = row_numbers(&failures.iter().flat_map(|f| f.rows().to_vec()).collect::<Vec<_>>());
+    rows.sort_unstable();
+    assert_eq!(
+        rows,
+        (0..50).collect::<Vec<_>>(),
+        "on_error got each refused row's text"
+    );
 }
 
 #[test]
 fn a_full_disk_under_the_spool_fails_what_it_cannot_take_says_so_and_shipping_goes_on() {
     let dir = TempDir::new("worker-enospc");
-    // The service is down for the first eight uploads; the disk fills after 400 bytes.
+    // The service is down for the first eight uploads; the disk fills after 1,500 bytes.
     // Batches of up to 1,000 bytes: room for the diagnostic row too.
     let transport = Scripted::new(1_000, |n| if n < 8 { Script::Down } else { Script::Accept });
     let mut spool = Spool::dir(&dir.0, 1 << 20);
     spool.disk = Arc::new(crate::pipeline::spool::tests::FillingDisk {
-        room: std::sync::atomic::AtomicU64::new(400),
+        room: std::sync::atomic::AtomicU64::new(1_500),
     });
     let h = Harness::start_with(transport.clone(), Some(&spool));
     h.push(0..2_000);
@@ -464,13 +481,35 @@ fn a_full_disk_under_the_spool_fails_what_it_cannot_take_says_so_and_shipping_go
     assert_eq!(reported as u64, h.failed());
     // A diagnostic row said the spool failed (in a batch of its own time: sent, or spooled and
     // failed like the rows around it while the service was down).
-    wait_until("a diagnostic row about the spool was uploaded", || {
+    assert!(
+        transport.received().iter().any(|r| r.replay && r.accepted),
+        "what the spool took was sent from it"
+    );
+    let failed_rows = row_numbers(
+        &h.failures
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|f| f.rows().to_vec())
+            .collect::<Vec<_>>(),
+    );
+    let mut every = accepted_rows(&transport);
+    every.extend(failed_rows);
+    every.sort_unstable();
+    assert_eq!(every, (0..2_000).collect::<Vec<_>>(), "each row sent or failed, once");
+    let diagnostic_total = || {
         transport
             .received()
             .iter()
             .flat_map(|r| r.rows.clone())
-            .any(|row| row.contains("\"spool_errors_total\""))
+            .filter_map(|row| serde_json::from_str::<serde_json::Value>(&row).ok())
+            .filter_map(|row| row["Properties"]["spool_errors_total"].as_u64())
+            .max()
+    };
+    wait_until("a diagnostic row about the spool was uploaded", || {
+        diagnostic_total().is_some()
     });
+    assert!(diagnostic_total() >= Some(1));
     // Later rows still go out.
     h.push(2_000..2_010);
     assert_eq!(h.flush(WAIT), None);
