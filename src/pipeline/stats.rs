@@ -30,6 +30,17 @@ pub(crate) struct Outcomes {
     pub(crate) spool_dropped: AtomicU64,
 }
 
+impl Outcomes {
+    /// Rows the worker took that have an outcome: sent, failed, spooled, or dropped from the
+    /// spool.
+    pub(crate) fn settled(&self) -> u64 {
+        [&self.sent, &self.failed, &self.spooled, &self.spool_dropped]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
 /// Counts since the pipeline started.
 ///
 /// Every row the application emitted ends up in exactly one of `dropped` (the queue was full, or
@@ -72,12 +83,16 @@ pub struct Stats {
     pub spool_errors: u64,
     /// Bytes the spool's files take on disk (0 without a spool).
     pub spool_bytes: u64,
+    /// Of `dropped`: rows that had been enqueued and spooled, then deleted from the full spool
+    /// (`SpoolFull::DropOldest`).
+    pub spool_dropped: u64,
 }
 
 impl Stats {
-    /// Rows enqueued but not yet sent, reported failed or spooled.
+    /// Rows enqueued but not yet sent, reported failed, spooled or dropped from the spool.
     pub fn pending(&self) -> u64 {
-        self.enqueued.saturating_sub(self.sent + self.failed + self.spooled)
+        self.enqueued
+            .saturating_sub(self.sent + self.failed + self.spooled + self.spool_dropped)
     }
 }
 
@@ -141,6 +156,7 @@ impl StatsHandle {
             replayed: c.replayed.load(Ordering::Relaxed),
             spool_errors: c.spool_errors.load(Ordering::Relaxed),
             spool_bytes: c.spool_bytes.load(Ordering::Relaxed),
+            spool_dropped: c.spool_dropped.load(Ordering::Relaxed),
         }
     }
 }

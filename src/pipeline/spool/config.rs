@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::disk::{Disk, RealDisk};
-use super::{SpoolError, SpoolStore, WhenFull};
+use super::{SpoolError, SpoolStore};
 
 /// A directory where the pipeline keeps batches the service cannot take now, and sends them from
 /// later, also after a restart. Set it with
@@ -88,12 +88,14 @@ impl Spool {
 
     /// Opens the directory (taking its lock) and recovers what an earlier process left.
     pub(crate) fn open(&self) -> Result<SpoolStore, SpoolError> {
-        let when_full = match self.when_full {
-            SpoolFull::DropNewest => WhenFull::DropNewest,
-            SpoolFull::DropOldest => WhenFull::DropOldest,
-        };
         // Segments of at most a quarter of the bound, so that DropOldest frees room in steps.
         let segment_bytes = self.segment_bytes.min(self.max_bytes / 4).max(64 * 1024);
-        SpoolStore::open(&self.dir, self.max_bytes, segment_bytes, when_full, self.disk.clone())
+        SpoolStore::open(
+            &self.dir,
+            self.max_bytes,
+            segment_bytes,
+            self.when_full,
+            self.disk.clone(),
+        )
     }
 }

@@ -16,7 +16,8 @@ pub(super) const SEGMENT_MAGIC: &[u8; 8] = b"TALSPL01";
 pub(crate) struct SpooledBatch {
     pub(crate) rule_id: String,
     pub(crate) stream: String,
-    /// The id of the batch's first row, and how many rows it holds (ids are consecutive).
+    /// The pipeline's id of the batch's first row (ids of a batch need not be consecutive: other
+    /// streams' rows take ids in between), and how many of its rows are the application's.
     pub(crate) first_row: u64,
     pub(crate) rows: u32,
     /// The gzipped JSON array, as it goes on the wire.

@@ -48,15 +48,6 @@ use frame::{Frame, SEGMENT_MAGIC, read_frame};
 
 const MAGIC_LEN: u64 = SEGMENT_MAGIC.len() as u64;
 
-/// Which batches give way when the spool is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WhenFull {
-    /// The batch being spooled is refused (the caller counts its rows dropped).
-    DropNewest,
-    /// The oldest segments are deleted, their unsent rows counted lost, to make room.
-    DropOldest,
-}
-
 /// Why the spool could not do what was asked. Each says what happened to the rows.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -117,7 +108,7 @@ pub(crate) struct SpoolStore {
     _lock: File,
     max_bytes: u64,
     segment_bytes: u64,
-    when_full: WhenFull,
+    when_full: SpoolFull,
     /// Oldest first. The last is the one being written, once `writer` is set.
     segments: VecDeque<Segment>,
     writer: Option<File>,
@@ -152,7 +143,7 @@ impl SpoolStore {
         dir: impl Into<PathBuf>,
         max_bytes: u64,
         segment_bytes: u64,
-        when_full: WhenFull,
+        when_full: SpoolFull,
         disk: Arc<dyn Disk>,
     ) -> Result<SpoolStore, SpoolError> {
         let dir = dir.into();
@@ -349,7 +340,7 @@ impl SpoolStore {
     fn make_room(&mut self, need: u64, rows: u32) -> Result<(), SpoolError> {
         while self.bytes_on_disk + need > self.max_bytes {
             let oldest_is_written = self.segments.len() == 1 && self.writer.is_some();
-            if self.when_full == WhenFull::DropNewest || self.segments.is_empty() || oldest_is_written {
+            if self.when_full == SpoolFull::DropNewest || self.segments.is_empty() || oldest_is_written {
                 return Err(SpoolError::Full {
                     bytes: self.bytes_on_disk,
                     max_bytes: self.max_bytes,
@@ -429,9 +420,10 @@ impl SpoolStore {
         Ok(())
     }
 
-    /// The oldest batch not yet handed out, and where the spool stands after it (to pass to
+    /// The oldest batch not yet handed out, where it starts (to pass to
+    /// [`unread_last`](Self::unread_last)) and where the spool stands after it (to pass to
     /// [`ack`](Self::ack) once the service confirmed it). Reads one frame.
-    pub(crate) fn next(&mut self) -> Result<Option<(SpooledBatch, Position)>, SpoolError> {
+    pub(crate) fn next(&mut self) -> Result<Option<(SpooledBatch, Position, Position)>, SpoolError> {
         loop {
             let Some(index) = self.segments.iter().position(|s| s.id == self.read.segment) else {
                 // Its segment was dropped to make room: go on with the next one, if any.
@@ -471,13 +463,14 @@ impl SpoolStore {
             let (_, reader) = self.reader.as_mut().expect("opened above");
             match read_frame(reader, len - self.read.offset).map_err(io("reading a segment"))? {
                 Frame::Good { payload, size } => {
+                    let start = self.read;
                     self.read.offset += size;
                     self.unread = self.unread.saturating_sub(1);
                     let segment = &mut self.segments[index];
                     segment.read_batches += 1;
                     segment.read_rows += u64::from(SpooledBatch::rows_in(&payload));
                     match SpooledBatch::decode(&payload) {
-                        Some(batch) => return Ok(Some((batch, self.read))),
+                        Some(batch) => return Ok(Some((batch, start, self.read))),
                         None => self.lost.push(Loss {
                             segment: id,
                             offset: self.read.offset - size,
@@ -552,21 +545,18 @@ impl SpoolStore {
     }
 
     /// Hands the last batch from [`next`](Self::next) out again at the next call: it was not
-    /// delivered. `before` is where the spool stood before it (the last acknowledged position),
-    /// `rows` its row count.
-    pub(crate) fn unread_last(&mut self, before: Position, after: Position, rows: u32) {
-        if let Some(segment) = self.segments.iter_mut().find(|s| s.id == after.segment) {
-            segment.read_batches = segment.read_batches.saturating_sub(1);
-            segment.read_rows = segment.read_rows.saturating_sub(u64::from(rows));
-            self.unread += 1;
-        }
-        self.read = before;
+    /// delivered. `start` is where it starts, `rows` its row count. False when its segment is
+    /// gone (dropped to make room meanwhile): the batch is lost.
+    pub(crate) fn unread_last(&mut self, start: Position, rows: u32) -> bool {
+        let Some(segment) = self.segments.iter_mut().find(|s| s.id == start.segment) else {
+            return false;
+        };
+        segment.read_batches = segment.read_batches.saturating_sub(1);
+        segment.read_rows = segment.read_rows.saturating_sub(u64::from(rows));
+        self.unread += 1;
+        self.read = start;
         self.reader = None;
-    }
-
-    /// The last acknowledged position (the cursor).
-    pub(crate) fn acked(&self) -> Position {
-        self.acked
+        true
     }
 
     /// Whether segment `id` holds batches this process wrote (not an earlier one).

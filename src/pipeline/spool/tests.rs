@@ -47,15 +47,15 @@ fn batch(i: u64, body: usize) -> SpooledBatch {
     }
 }
 
-fn open(dir: &TempDir, max_bytes: u64, segment_bytes: u64, when_full: WhenFull) -> SpoolStore {
+fn open(dir: &TempDir, max_bytes: u64, segment_bytes: u64, when_full: SpoolFull) -> SpoolStore {
     SpoolStore::open(&dir.0, max_bytes, segment_bytes, when_full, Arc::new(RealDisk)).unwrap()
 }
 
 /// Every batch still to hand out, with where the spool stands after each.
 fn drain(store: &mut SpoolStore) -> Vec<(SpooledBatch, Position)> {
     let mut out = Vec::new();
-    while let Some(next) = store.next().unwrap() {
-        out.push(next);
+    while let Some((batch, _, after)) = store.next().unwrap() {
+        out.push((batch, after));
         assert!(out.len() < 10_000, "next() does not end");
     }
     out
@@ -68,14 +68,14 @@ fn firsts(batches: &[(SpooledBatch, Position)]) -> Vec<u64> {
 #[test]
 fn batches_come_back_in_order_across_a_restart_and_acked_ones_do_not() {
     let dir = TempDir::new("order");
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     for i in 0..3 {
         store.append(&batch(i, 100)).unwrap();
     }
     store.sync().unwrap();
     drop(store);
 
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     assert_eq!(store.unread(), 3);
     let read = drain(&mut store);
     assert_eq!(firsts(&read), [0, 1, 2]);
@@ -83,7 +83,7 @@ fn batches_come_back_in_order_across_a_restart_and_acked_ones_do_not() {
     store.ack(read[1].1).unwrap();
     drop(store);
 
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     assert_eq!(firsts(&drain(&mut store)), [2], "acknowledged batches are not replayed");
     assert!(store.lost().is_empty(), "{:?}", store.lost());
 }
@@ -91,7 +91,7 @@ fn batches_come_back_in_order_across_a_restart_and_acked_ones_do_not() {
 #[test]
 fn segments_roll_and_are_deleted_once_acked() {
     let dir = TempDir::new("roll");
-    let mut store = open(&dir, 1 << 20, 4096, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 4096, SpoolFull::DropNewest);
     for i in 0..20 {
         store.append(&batch(i, 1000)).unwrap();
     }
@@ -108,7 +108,7 @@ fn segments_roll_and_are_deleted_once_acked() {
 #[test]
 fn the_size_bound_holds_after_a_restart_and_each_policy_does_what_it_says() {
     let dir = TempDir::new("full");
-    let mut store = open(&dir, 8_000, 2_500, WhenFull::DropNewest);
+    let mut store = open(&dir, 8_000, 2_500, SpoolFull::DropNewest);
     let mut appended = 0;
     let error = loop {
         match store.append(&batch(appended, 1000)) {
@@ -123,12 +123,12 @@ fn the_size_bound_holds_after_a_restart_and_each_policy_does_what_it_says() {
     drop(store);
 
     // After a restart the bound counts what is already on disk.
-    let mut store = open(&dir, 8_000, 2_500, WhenFull::DropNewest);
+    let mut store = open(&dir, 8_000, 2_500, SpoolFull::DropNewest);
     assert!(matches!(store.append(&batch(99, 1000)), Err(SpoolError::Full { .. })));
     drop(store);
 
     // drop_oldest makes room by dropping the oldest segments, and counts their rows.
-    let mut store = open(&dir, 8_000, 2_500, WhenFull::DropOldest);
+    let mut store = open(&dir, 8_000, 2_500, SpoolFull::DropOldest);
     store.append(&batch(100, 1000)).unwrap();
     let dropped: u64 = store.lost().iter().filter_map(|l| l.rows).sum();
     assert!(dropped > 0, "{:?}", store.lost());
@@ -147,7 +147,7 @@ fn the_size_bound_holds_after_a_restart_and_each_policy_does_what_it_says() {
 #[test]
 fn a_truncated_last_record_is_cut_off_and_counted() {
     let dir = TempDir::new("torn");
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     for i in 0..3 {
         store.append(&batch(i, 300)).unwrap();
     }
@@ -161,14 +161,14 @@ fn a_truncated_last_record_is_cut_off_and_counted() {
         .set_len(len - 5)
         .unwrap();
 
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     assert_eq!(store.lost().len(), 1);
     assert!(store.lost()[0].reason.contains("cut short"), "{:?}", store.lost());
     // The good records come back, and appending goes on after them.
     store.append(&batch(3, 300)).unwrap();
     assert_eq!(firsts(&drain(&mut store)), [0, 1, 3]);
     drop(store);
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     assert!(store.lost().is_empty(), "the torn tail was cut: {:?}", store.lost());
     assert_eq!(firsts(&drain(&mut store)), [0, 1, 3]);
 }
@@ -176,7 +176,7 @@ fn a_truncated_last_record_is_cut_off_and_counted() {
 #[test]
 fn a_flipped_byte_loses_the_rest_of_its_segment_only() {
     let dir = TempDir::new("flip");
-    let mut store = open(&dir, 1 << 20, 2_000, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 2_000, SpoolFull::DropNewest);
     for i in 0..6 {
         store.append(&batch(i, 600)).unwrap();
     }
@@ -191,7 +191,7 @@ fn a_flipped_byte_loses_the_rest_of_its_segment_only() {
     bytes[target] ^= 0xFF;
     fs::write(&files[0], &bytes).unwrap();
 
-    let mut store = open(&dir, 1 << 20, 2_000, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 2_000, SpoolFull::DropNewest);
     assert_eq!(store.lost().len(), 1, "{:?}", store.lost());
     assert!(store.lost()[0].reason.contains("checksum"));
     let read = firsts(&drain(&mut store));
@@ -203,7 +203,7 @@ fn a_flipped_byte_loses_the_rest_of_its_segment_only() {
 #[test]
 fn orphans_below_the_cursor_are_deleted_and_not_replayed() {
     let dir = TempDir::new("orphan");
-    let mut store = open(&dir, 1 << 20, 2_000, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 2_000, SpoolFull::DropNewest);
     for i in 0..6 {
         store.append(&batch(i, 600)).unwrap();
     }
@@ -215,7 +215,7 @@ fn orphans_below_the_cursor_are_deleted_and_not_replayed() {
     // A delete cut short by a crash: the first segment is back, below the cursor.
     fs::write(&first, kept).unwrap();
 
-    let mut store = open(&dir, 1 << 20, 2_000, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 2_000, SpoolFull::DropNewest);
     assert!(!first.exists(), "the orphan was deleted at start-up");
     assert!(drain(&mut store).is_empty(), "nothing confirmed is sent again");
     assert!(store.lost().is_empty());
@@ -224,7 +224,7 @@ fn orphans_below_the_cursor_are_deleted_and_not_replayed() {
 #[test]
 fn a_stale_or_corrupt_cursor_replays_rather_than_loses() {
     let dir = TempDir::new("cursor");
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     for i in 0..4 {
         store.append(&batch(i, 100)).unwrap();
     }
@@ -236,12 +236,12 @@ fn a_stale_or_corrupt_cursor_replays_rather_than_loses() {
 
     // The cursor of an earlier ack (its newer write never reached the disk).
     fs::write(dir.0.join("cursor"), &stale).unwrap();
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     assert_eq!(firsts(&drain(&mut store)), [1, 2, 3], "sent again, not lost");
     drop(store);
 
     fs::write(dir.0.join("cursor"), b"garbage").unwrap();
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     assert_eq!(
         firsts(&drain(&mut store)),
         [0, 1, 2, 3],
@@ -253,14 +253,14 @@ fn a_stale_or_corrupt_cursor_replays_rather_than_loses() {
 #[test]
 fn empty_and_foreign_segment_files_do_not_block_start_up() {
     let dir = TempDir::new("junk");
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     store.append(&batch(7, 100)).unwrap();
     drop(store);
     fs::write(dir.0.join(segment_name(0)), b"").unwrap();
     fs::write(dir.0.join(segment_name(5)), b"not a segment at all").unwrap();
     fs::write(dir.0.join("notes.txt"), b"left alone").unwrap();
 
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     assert_eq!(firsts(&drain(&mut store)), [7]);
     assert_eq!(store.lost().len(), 1, "{:?}", store.lost());
     assert!(store.lost()[0].reason.contains("not a spool segment"));
@@ -275,12 +275,12 @@ fn empty_and_foreign_segment_files_do_not_block_start_up() {
 #[test]
 fn a_second_user_of_the_directory_is_refused() {
     let dir = TempDir::new("lock");
-    let first = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
-    let error = SpoolStore::open(&dir.0, 1 << 20, 1 << 20, WhenFull::DropNewest, Arc::new(RealDisk)).unwrap_err();
+    let first = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
+    let error = SpoolStore::open(&dir.0, 1 << 20, 1 << 20, SpoolFull::DropNewest, Arc::new(RealDisk)).unwrap_err();
     assert!(matches!(error, SpoolError::Locked { .. }), "{error}");
     assert!(error.to_string().contains(&dir.0.display().to_string()), "{error}");
     drop(first);
-    open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
 }
 
 /// A disk that fills up once `room` bytes have been appended.
@@ -313,7 +313,7 @@ fn a_full_disk_refuses_the_batch_and_keeps_what_was_written() {
     let disk = Arc::new(FillingDisk {
         room: AtomicU64::new(3_000),
     });
-    let mut store = SpoolStore::open(&dir.0, 1 << 20, 1 << 20, WhenFull::DropNewest, disk).unwrap();
+    let mut store = SpoolStore::open(&dir.0, 1 << 20, 1 << 20, SpoolFull::DropNewest, disk).unwrap();
     let mut written = 0;
     let error = loop {
         match store.append(&batch(written, 700)) {
@@ -332,7 +332,7 @@ fn a_full_disk_refuses_the_batch_and_keeps_what_was_written() {
     assert!(error.to_string().contains("the batch is not in the spool"), "{error}");
     assert_eq!(firsts(&drain(&mut store)), (0..written).collect::<Vec<_>>());
     drop(store);
-    let mut store = open(&dir, 1 << 20, 1 << 20, WhenFull::DropNewest);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
     assert!(
         store.lost().is_empty(),
         "the partial frame was cut off: {:?}",

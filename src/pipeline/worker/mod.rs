@@ -171,11 +171,9 @@ impl Worker {
             // A bug, not an input: keep the books straight and stop taking rows. Rows the worker
             // held are counted failed; rows queued from now on, dropped.
             queue.stop();
-            let o = &outcomes;
-            let settled =
-                o.sent.load(Ordering::Relaxed) + o.failed.load(Ordering::Relaxed) + o.spooled.load(Ordering::Relaxed);
-            let held = queue.counters.taken.load(Ordering::Acquire).saturating_sub(settled);
-            o.failed.fetch_add(held, Ordering::Relaxed);
+            let taken = queue.counters.taken.load(Ordering::Acquire);
+            let held = taken.saturating_sub(outcomes.settled());
+            outcomes.failed.fetch_add(held, Ordering::Relaxed);
             eprintln!(
                 "tracing-azure-logs: the worker stopped after a panic ({}); {held} row(s) it held are counted failed, \
                  later events are dropped",

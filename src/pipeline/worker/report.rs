@@ -19,6 +19,11 @@ pub(super) fn is_diagnostic(id: usize) -> bool {
     id >= DIAGNOSTIC_ID
 }
 
+/// How many of the rows `ids` are the application's (not diagnostic rows).
+pub(super) fn app_rows(ids: &[usize]) -> u64 {
+    ids.iter().filter(|&&id| !is_diagnostic(id)).count() as u64
+}
+
 impl Worker {
     pub(super) fn settle(&mut self, Uploaded { id, stream, parts }: Uploaded) {
         let ids = self.uploading.remove(&id).map(|u| u.ids).unwrap_or_default();
@@ -34,25 +39,24 @@ impl Worker {
         let counters = self.outcomes.clone();
         let destination = self.destination(stream);
         for (batch, outcome) in done {
-            let app_rows = batch.ids().iter().filter(|&&id| !is_diagnostic(id)).count() as u64;
-            let diagnostic_rows = batch.len() as u64 - app_rows;
+            let mine = app_rows(batch.ids());
+            let diagnostic_rows = batch.len() as u64 - mine;
             match outcome.result {
                 Ok(()) => {
-                    counters.sent.fetch_add(app_rows, Ordering::Relaxed);
+                    counters.sent.fetch_add(mine, Ordering::Relaxed);
                     counters.diagnostic_rows.fetch_add(diagnostic_rows, Ordering::Relaxed);
-                    self.destinations.count(stream, app_rows, 0);
+                    self.destinations.count(stream, mine, 0);
                     self.service_answers();
                 }
                 // The service stayed down for the whole retry deadline: to the spool, if any.
                 Err(reason @ FailureReason::RetriesExhausted { .. }) => {
                     for left in self.spill(&destination, batch) {
-                        let app_rows = left.ids().iter().filter(|&&id| !is_diagnostic(id)).count() as u64;
-                        self.destinations.count(stream, 0, app_rows);
+                        self.destinations.count(stream, 0, app_rows(left.ids()));
                         self.fail_batch(&destination, reason.clone(), &left);
                     }
                 }
                 Err(reason) => {
-                    self.destinations.count(stream, 0, app_rows);
+                    self.destinations.count(stream, 0, mine);
                     self.fail_batch(&destination, reason, &batch);
                 }
             }

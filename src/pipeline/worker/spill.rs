@@ -36,6 +36,9 @@ pub(crate) struct SpoolState {
     said: bool,
     /// Losses of the store already accounted for.
     losses_seen: usize,
+    /// After the spool refused a waiting batch: no new try before this (a full spool or a
+    /// failing disk is not asked again on every tick).
+    refused_until: Option<Instant>,
 }
 
 impl SpoolState {
@@ -50,6 +53,7 @@ impl SpoolState {
             pause: FIRST_PAUSE,
             said: false,
             losses_seen: 0,
+            refused_until: None,
         }
     }
 
@@ -72,8 +76,8 @@ pub(super) struct Replayed {
     stream: String,
     first_row: u64,
     rows: u32,
-    /// Where the spool stood before and after the batch.
-    before: Position,
+    /// Where the batch starts and ends in the spool.
+    start: Position,
     after: Position,
     /// Written by this process (its rows are in `Stats::spooled`), not by an earlier one.
     own: bool,
@@ -97,11 +101,7 @@ impl Worker {
                 unspooled.push(batch);
                 continue;
             }
-            let rows = batch
-                .ids()
-                .iter()
-                .filter(|&&id| !super::report::is_diagnostic(id))
-                .count() as u32;
+            let rows = super::report::app_rows(batch.ids()) as u32;
             let record = SpooledBatch {
                 rule_id: destination.rule_id.clone(),
                 stream: destination.stream.clone(),
@@ -163,7 +163,8 @@ impl Worker {
     /// With a spool and a queue more than half full: writes the closed batch of `stream` that
     /// waits for an upload slot to the spool, so the stream can go on. Whether it did.
     pub(super) fn spill_waiting(&mut self, stream: u32) -> bool {
-        if self.spool.is_none() || !self.queue.under_pressure() {
+        let refused = |s: &SpoolState| s.refused_until.is_some_and(|t| Instant::now() < t);
+        if self.spool.as_ref().is_none_or(refused) || !self.queue.under_pressure() {
             return false;
         }
         let Some(index) = self.ready.iter().position(|r| r.stream == stream) else {
@@ -176,6 +177,9 @@ impl Worker {
         let left = self.spill(&destination, batch);
         if left.is_empty() {
             return true;
+        }
+        if let Some(spool) = self.spool.as_mut() {
+            spool.refused_until = Some(Instant::now() + FIRST_PAUSE);
         }
         if left.iter().map(Batch::len).sum::<usize>() == rows {
             // The spool took none of it: it waits for a slot, as without a spool.
@@ -243,8 +247,7 @@ impl Worker {
         {
             return;
         }
-        let before = spool.store.acked();
-        let (batch, after) = match spool.store.next() {
+        let (batch, start, after) = match spool.store.next() {
             Ok(Some(next)) => next,
             Ok(None) => return,
             Err(e) => {
@@ -270,7 +273,7 @@ impl Worker {
                 stream: destination.stream,
                 first_row,
                 rows,
-                before,
+                start,
                 after,
                 own,
                 outcome,
@@ -294,7 +297,11 @@ impl Worker {
             Err(FailureReason::RetriesExhausted { .. } | FailureReason::Authentication { .. })
         );
         if retry_later {
-            spool.store.unread_last(done.before, done.after, done.rows);
+            if !spool.store.unread_last(done.start, done.rows) && done.own {
+                // Its segment was dropped to make room while it was being sent: lost.
+                self.outcomes.spooled.fetch_sub(rows, Ordering::Relaxed);
+                self.outcomes.spool_dropped.fetch_add(rows, Ordering::Relaxed);
+            }
             spool.paused_until = Some(Instant::now() + spool.pause);
             spool.pause = (spool.pause * 2).min(LONGEST_PAUSE);
             return;

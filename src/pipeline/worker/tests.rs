@@ -544,7 +544,7 @@ fn drop_oldest_moves_this_process_rows_from_spooled_to_dropped() {
     h.shutdown();
     let mut store = spool.open().unwrap();
     let mut on_disk = 0u64;
-    while let Some((batch, _)) = store.next().unwrap() {
+    while let Some((batch, _, _)) = store.next().unwrap() {
         on_disk += u64::from(batch.rows);
     }
     assert_eq!(h.spooled(), on_disk);
