@@ -110,7 +110,7 @@ pub(super) fn check_size(body: BodyRead, rec: &mut Recorder) -> Checked<Bytes> {
         BodyRead::Complete(b) => Ok(b),
         BodyRead::TooLarge => {
             let n = rec.rec().content_length.unwrap_or(rec.rec().wire_bytes);
-            Err(rec.refuse(413, "ContentLengthLimitExceeded", &content_length_message(n)))
+            Err(rec.refuse(413, "ContentLengthLimitExceeded", &content_length_message("", n)))
         }
     }
 }
@@ -155,10 +155,7 @@ pub(super) fn decode(shared: &Shared, wire_body: Bytes, rec: &mut Recorder) -> C
         return Err(rec.refuse(
             413,
             "ContentLengthLimitExceeded",
-            &format!(
-                "Maximum allowed content length: {MAX_CONTENT_LENGTH} bytes (1 MB). Provided uncompressed content length: {} bytes.",
-                decoded.len()
-            ),
+            &content_length_message("uncompressed ", decoded.len() as u64),
         ));
     }
     String::from_utf8(decoded).map_err(|e| {

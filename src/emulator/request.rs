@@ -188,8 +188,12 @@ pub(super) async fn read_body(
     })
 }
 
-pub(super) fn content_length_message(n: u64) -> String {
-    format!("Maximum allowed content length: {MAX_CONTENT_LENGTH} bytes (1 MB). Provided content length: {n} bytes.")
+/// The service's 413 message; `what` is `""` for the body as sent, `"uncompressed "` for it
+/// gunzipped.
+pub(super) fn content_length_message(what: &str, n: u64) -> String {
+    format!(
+        "Maximum allowed content length: {MAX_CONTENT_LENGTH} bytes (1 MB). Provided {what}content length: {n} bytes."
+    )
 }
 
 impl Recorder {
