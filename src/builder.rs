@@ -450,7 +450,7 @@ impl AzureLogsBuilder {
                     option: "spool",
                     reason: e.to_string(),
                 })?;
-                let mut state = SpoolState::new(store, spool.sync);
+                let mut state = SpoolState::new(store, spool);
                 state.report_recovery();
                 Some(state)
             }

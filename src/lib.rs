@@ -106,7 +106,8 @@ pub use error::InitError;
 pub use init::{init, install, try_init};
 pub use layer::AzureLogsLayer;
 pub use pipeline::{
-    AzureLogsGuard, FlushReport, FullPolicy, Incomplete, Spool, SpoolFull, SpoolSync, Stats, StatsHandle, StreamStats,
+    AzureLogsGuard, FlushReport, FullPolicy, Incomplete, Spool, SpoolFull, SpoolMode, SpoolSync, Stats, StatsHandle,
+    StreamStats,
 };
 pub use row::Columns;
 pub use table::{SendError, Table};

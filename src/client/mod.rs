@@ -247,6 +247,11 @@ impl LogsIngestionClient {
         self.inner.max_uncompressed
     }
 
+    /// The gzip level bodies are compressed at.
+    pub(crate) fn gzip_level(&self) -> u32 {
+        self.inner.gzip_level
+    }
+
     /// Why `row` alone cannot be sent (see [`row_too_large`]).
     pub(crate) fn row_too_large(&self, row: &[u8]) -> FailureReason {
         row_too_large(row, self.inner.max_uncompressed)

@@ -14,5 +14,5 @@ pub(crate) mod worker;
 pub use destinations::StreamStats;
 pub use guard::AzureLogsGuard;
 pub use queue::FullPolicy;
-pub use spool::{Spool, SpoolFull, SpoolSync};
+pub use spool::{Spool, SpoolFull, SpoolMode, SpoolSync};
 pub use stats::{FlushReport, Incomplete, Stats, StatsHandle};

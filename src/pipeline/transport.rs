@@ -27,6 +27,8 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn max_concurrency(&self) -> usize;
     /// The cap on a batch's uncompressed JSON array, brackets and commas included.
     fn max_uncompressed(&self) -> usize;
+    /// The gzip level `send` compresses at, for bodies compressed before they are sent.
+    fn gzip_level(&self) -> u32;
 }
 
 impl Transport for LogsIngestionClient {
@@ -48,5 +50,9 @@ impl Transport for LogsIngestionClient {
 
     fn max_uncompressed(&self) -> usize {
         LogsIngestionClient::max_uncompressed(self)
+    }
+
+    fn gzip_level(&self) -> u32 {
+        LogsIngestionClient::gzip_level(self)
     }
 }

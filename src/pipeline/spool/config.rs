@@ -11,24 +11,47 @@ use super::{SpoolError, SpoolStore};
 /// later, also after a restart. Set it with
 /// [`AzureLogsBuilder::spool`](crate::AzureLogsBuilder::spool).
 ///
-/// What goes to disk: a batch whose retries ran out (the service was down or unreachable for
+/// What goes to disk depends on the [`SpoolMode`]. In the default,
+/// [`OnBackpressure`](SpoolMode::OnBackpressure): a batch whose retries ran out (the service was down or unreachable for
 /// longer than the retry deadline) instead of failing; a closed batch waiting for an upload slot
 /// while the queue is more than half full (uploads cannot keep up), instead of leaving rows to be
 /// dropped; and, at shutdown, every batch and queued row not yet confirmed instead of being
-/// reported failed. Spooled batches are sent again oldest
-/// first, one at a time next to the new rows, once the service answers again; the next process
-/// on the same directory sends what this one left. Delivery stays at-least-once.
+/// reported failed. In [`Always`](SpoolMode::Always), also every closed batch, before its first
+/// upload, so that a crash loses no closed batch. Spooled batches are sent again oldest first,
+/// one at a time next to the new rows, once the service answers again; the next process on the
+/// same directory sends what this one left. Delivery stays at-least-once: a batch confirmed just
+/// before a crash may be sent again after it (see
+/// [`AzureLogsBuilder::row_id_column`](crate::AzureLogsBuilder::row_id_column)).
 ///
-/// Pitfalls: one process per directory (a second one gets an error at build); rows still in an
-/// open batch when the process is killed (SIGKILL, a crash) are not on disk.
+/// Pitfalls: one process per directory (a second one gets an error at build); rows not yet in a
+/// closed batch when the process is killed (SIGKILL, a crash) are not on disk: at most the last
+/// `max_delay` of rows, in either mode.
 #[derive(Clone, Debug)]
 pub struct Spool {
     pub(crate) dir: PathBuf,
     pub(crate) max_bytes: u64,
     pub(crate) when_full: SpoolFull,
     pub(crate) sync: SpoolSync,
+    pub(crate) mode: SpoolMode,
     pub(crate) segment_bytes: u64,
     pub(crate) disk: Arc<dyn Disk>,
+}
+
+/// Which batches go to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpoolMode {
+    /// Only batches that cannot be delivered now: retries ran out, uploads fall behind, or the
+    /// pipeline stops (default). No disk writes while the service keeps up; a crash loses the
+    /// batches in memory (about the last `max_delay` plus the uploads in flight).
+    #[default]
+    OnBackpressure,
+    /// Every closed batch is written before its first upload and leaves the spool once the
+    /// service confirmed it: a crash loses at most the rows not yet in a closed batch (the last
+    /// `max_delay`). Costs one gzip and one disk write per batch while the service keeps up.
+    /// When the disk fails, batches go out from memory as in `OnBackpressure`, and the error is
+    /// counted.
+    Always,
 }
 
 /// What gives way when the spool holds `max_bytes`.
@@ -57,7 +80,13 @@ pub enum SpoolSync {
 
 impl Default for SpoolSync {
     fn default() -> Self {
-        SpoolSync::Interval(Duration::from_millis(500))
+        SpoolSync::Interval(SpoolSync::default_interval())
+    }
+}
+
+impl SpoolSync {
+    pub(crate) fn default_interval() -> Duration {
+        Duration::from_millis(500)
     }
 }
 
@@ -69,6 +98,7 @@ impl Spool {
             max_bytes,
             when_full: SpoolFull::default(),
             sync: SpoolSync::default(),
+            mode: SpoolMode::default(),
             segment_bytes: 32 * 1024 * 1024,
             disk: Arc::new(RealDisk),
         }
@@ -77,6 +107,12 @@ impl Spool {
     /// What gives way when the spool is full. Default [`SpoolFull::DropNewest`].
     pub fn when_full(mut self, when_full: SpoolFull) -> Self {
         self.when_full = when_full;
+        self
+    }
+
+    /// Which batches go to disk. Default [`SpoolMode::OnBackpressure`].
+    pub fn mode(mut self, mode: SpoolMode) -> Self {
+        self.mode = mode;
         self
     }
 

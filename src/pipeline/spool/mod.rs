@@ -33,13 +33,13 @@ mod frame;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use config::{Spool, SpoolFull, SpoolSync};
+pub use config::{Spool, SpoolFull, SpoolMode, SpoolSync};
 pub(crate) use cursor::Position;
 use cursor::{CURSOR_TMP, Cursor};
 use disk::Disk;
@@ -86,6 +86,13 @@ pub(crate) struct Loss {
     pub(crate) reason: &'static str,
 }
 
+/// A frame handed out: where it ends and its row count.
+#[derive(Clone, Copy, Debug)]
+struct Lent {
+    after: Position,
+    rows: u32,
+}
+
 /// A segment on disk.
 #[derive(Debug, Default)]
 struct Segment {
@@ -112,15 +119,24 @@ pub(crate) struct SpoolStore {
     /// Oldest first. The last is the one being written, once `writer` is set.
     segments: VecDeque<Segment>,
     writer: Option<File>,
-    /// The next frame to hand out, and the file it is read from.
+    /// The next frame to hand out in order, and the file it is read from. Every frame before it
+    /// was handed out (lent).
     read: Position,
     reader: Option<(u64, BufReader<File>)>,
-    /// The first byte not yet confirmed (the cursor on disk).
+    /// Frames handed out and not yet settled or given back, by where they start.
+    lent: BTreeMap<Position, Lent>,
+    /// Frames lent as they were written ([`append_lent`](Self::append_lent)) while the reader
+    /// was behind them: the reader steps over them. Start → end.
+    ahead: BTreeMap<Position, Position>,
+    /// Frames given back: handed out again, oldest first, before any frame after `read`.
+    returned: BTreeMap<Position, Lent>,
+    /// The first byte not yet confirmed, as known in memory, and as the cursor file says.
     acked: Position,
+    saved: Position,
     /// The first segment this process created: it and later ones hold this process's batches.
     first_written: Option<u64>,
     bytes_on_disk: u64,
-    /// Batches written or recovered and not yet handed out.
+    /// Batches written or recovered and not yet handed out, given-back ones included.
     unread: u64,
     lost: Vec<Loss>,
     frame: Vec<u8>,
@@ -195,7 +211,11 @@ impl SpoolStore {
             writer: None,
             read: start,
             reader: None,
+            lent: BTreeMap::new(),
+            ahead: BTreeMap::new(),
+            returned: BTreeMap::new(),
             acked: start,
+            saved: start,
             first_written: None,
             bytes_on_disk: 0,
             unread: 0,
@@ -294,8 +314,33 @@ impl SpoolStore {
         }))
     }
 
-    /// Appends `batch`. Not durable until [`sync`](Self::sync).
+    /// Appends `batch`, to be handed out by [`next`](Self::next) in turn. Not durable until
+    /// [`sync`](Self::sync).
     pub(crate) fn append(&mut self, batch: &SpooledBatch) -> Result<(), SpoolError> {
+        self.write(batch).map(|_| ())
+    }
+
+    /// Appends `batch` and lends it out at once: the caller sends it now, then
+    /// [`settle`](Self::settle)s it or [`give_back`](Self::give_back)s it. Where it starts.
+    pub(crate) fn append_lent(&mut self, batch: &SpooledBatch) -> Result<Position, SpoolError> {
+        let (start, after) = self.write(batch)?;
+        self.unread -= 1;
+        let last = self.segments.back_mut().expect("just written");
+        last.read_batches += 1;
+        last.read_rows += u64::from(batch.rows);
+        self.lent.insert(
+            start,
+            Lent {
+                after,
+                rows: batch.rows,
+            },
+        );
+        self.ahead.insert(start, after);
+        self.step_over_ahead();
+        Ok(start)
+    }
+
+    fn write(&mut self, batch: &SpooledBatch) -> Result<(Position, Position), SpoolError> {
         let mut frame = std::mem::take(&mut self.frame);
         frame.clear();
         batch.encode_frame(&mut frame);
@@ -304,7 +349,7 @@ impl SpoolStore {
         result
     }
 
-    fn append_frame(&mut self, frame: &[u8], rows: u32) -> Result<(), SpoolError> {
+    fn append_frame(&mut self, frame: &[u8], rows: u32) -> Result<(Position, Position), SpoolError> {
         let size = frame.len() as u64;
         let roll = match (&self.writer, self.segments.back()) {
             (Some(_), Some(last)) => last.len > MAGIC_LEN && last.len + size > self.segment_bytes,
@@ -328,12 +373,22 @@ impl SpoolStore {
                 source,
             });
         }
+        let start = Position {
+            segment: last.id,
+            offset: last.len,
+        };
         last.len += size;
         last.batches += 1;
         last.rows += u64::from(rows);
         self.bytes_on_disk += size;
         self.unread += 1;
-        Ok(())
+        Ok((
+            start,
+            Position {
+                segment: last.id,
+                offset: last.len,
+            },
+        ))
     }
 
     /// Frees room for `need` bytes under `max_bytes`, per the policy.
@@ -358,9 +413,15 @@ impl SpoolStore {
                 rows: Some(oldest.rows - oldest.read_rows),
                 reason: "dropped to make room (the spool was full, drop_oldest)",
             });
+            // Lent frames of it are the caller's; given-back ones were counted lost above.
+            for frames in [&mut self.lent, &mut self.returned] {
+                frames.retain(|at, _| at.segment != oldest.id);
+            }
+            self.ahead.retain(|at, _| at.segment != oldest.id);
             if self.read.segment <= oldest.id {
                 self.move_read_to_next(oldest.id);
             }
+            self.step_over_ahead();
         }
         Ok(())
     }
@@ -420,33 +481,30 @@ impl SpoolStore {
         Ok(())
     }
 
-    /// The oldest batch not yet handed out, where it starts (to pass to
-    /// [`unread_last`](Self::unread_last)) and where the spool stands after it (to pass to
-    /// [`ack`](Self::ack) once the service confirmed it). Reads one frame.
+    /// The oldest batch not yet handed out (given-back ones first), where it starts (to pass to
+    /// [`settle`](Self::settle) or [`give_back`](Self::give_back)) and where it ends. Reads one
+    /// frame; the batch is lent until then.
     pub(crate) fn next(&mut self) -> Result<Option<(SpooledBatch, Position, Position)>, SpoolError> {
+        while let Some((start, lent)) = self.returned.pop_first() {
+            self.unread = self.unread.saturating_sub(1);
+            if let Some(batch) = self.read_lent(start, lent)? {
+                return Ok(Some((batch, start, lent.after)));
+            }
+        }
         loop {
-            let Some(index) = self.segments.iter().position(|s| s.id == self.read.segment) else {
-                // Its segment was dropped to make room: go on with the next one, if any.
-                match self.segments.iter().find(|s| s.id > self.read.segment) {
-                    Some(next) => {
-                        self.read = Position {
-                            segment: next.id,
-                            offset: MAGIC_LEN,
-                        };
-                        self.reader = None;
-                        continue;
-                    }
-                    None => return Ok(None),
-                }
-            };
-            let (id, len) = (self.segments[index].id, self.segments[index].len);
-            if self.read.offset >= len {
-                if index + 1 == self.segments.len() {
-                    return Ok(None);
-                }
-                self.move_read_to_next(id);
+            if !self.normalize_read() {
+                return Ok(None);
+            }
+            if let Some(after) = self.ahead.remove(&self.read) {
+                self.skip_reader_to(after);
                 continue;
             }
+            let index = self
+                .segments
+                .iter()
+                .position(|s| s.id == self.read.segment)
+                .expect("normalized");
+            let (id, len) = (self.segments[index].id, self.segments[index].len);
             let path = self.dir.join(segment_name(id));
             let io = |what: &'static str| {
                 let path = path.clone();
@@ -466,14 +524,19 @@ impl SpoolStore {
                     let start = self.read;
                     self.read.offset += size;
                     self.unread = self.unread.saturating_sub(1);
+                    let rows = SpooledBatch::rows_in(&payload);
                     let segment = &mut self.segments[index];
                     segment.read_batches += 1;
-                    segment.read_rows += u64::from(SpooledBatch::rows_in(&payload));
+                    segment.read_rows += u64::from(rows);
                     match SpooledBatch::decode(&payload) {
-                        Some(batch) => return Ok(Some((batch, start, self.read))),
+                        Some(batch) => {
+                            self.lent.insert(start, Lent { after: self.read, rows });
+                            self.step_over_ahead();
+                            return Ok(Some((batch, start, self.read)));
+                        }
                         None => self.lost.push(Loss {
                             segment: id,
-                            offset: self.read.offset - size,
+                            offset: start.offset,
                             bytes: size,
                             rows: None,
                             reason: "a record of an unknown kind",
@@ -496,6 +559,90 @@ impl SpoolStore {
         }
     }
 
+    /// Reads a given-back frame again and lends it out. `None` (and a loss) if it no longer
+    /// reads back.
+    fn read_lent(&mut self, start: Position, lent: Lent) -> Result<Option<SpooledBatch>, SpoolError> {
+        let Some(segment) = self.segments.iter_mut().find(|s| s.id == start.segment) else {
+            return Ok(None);
+        };
+        let path = self.dir.join(segment_name(start.segment));
+        let io = |what: &'static str| {
+            let path = path.clone();
+            move |source| SpoolError::Io { what, path, source }
+        };
+        let mut file = File::open(&path).map_err(io("opening a segment to read"))?;
+        file.seek(SeekFrom::Start(start.offset))
+            .map_err(io("reading a segment"))?;
+        let batch = match read_frame(&mut file, lent.after.offset - start.offset).map_err(io("reading a segment"))? {
+            Frame::Good { payload, .. } => SpooledBatch::decode(&payload),
+            Frame::End | Frame::Bad(_) => None,
+        };
+        let Some(batch) = batch else {
+            self.lost.push(Loss {
+                segment: start.segment,
+                offset: start.offset,
+                bytes: lent.after.offset - start.offset,
+                rows: None,
+                reason: "a batch that no longer reads back (changed on disk since it was written)",
+            });
+            return Ok(None);
+        };
+        segment.read_batches += 1;
+        segment.read_rows += u64::from(lent.rows);
+        self.lent.insert(start, lent);
+        Ok(Some(batch))
+    }
+
+    /// Moves `read` to a frame start in a segment that exists: past the end of its segment (or
+    /// from a segment dropped to make room) to the next one. False when there is none.
+    fn normalize_read(&mut self) -> bool {
+        loop {
+            match self.segments.iter().find(|s| s.id == self.read.segment) {
+                Some(segment) if self.read.offset < segment.len => return true,
+                Some(segment) if self.segments.back().is_some_and(|last| last.id == segment.id) => return false,
+                Some(segment) => {
+                    let id = segment.id;
+                    self.move_read_to_next(id);
+                }
+                // Its segment was dropped to make room: go on with the next one, if any.
+                None => match self.segments.iter().find(|s| s.id > self.read.segment) {
+                    Some(next) => {
+                        self.read = Position {
+                            segment: next.id,
+                            offset: MAGIC_LEN,
+                        };
+                        self.reader = None;
+                    }
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    /// Steps `read` over frames lent as they were written, as long as it stands at one.
+    fn step_over_ahead(&mut self) {
+        while self.normalize_read() {
+            let Some(after) = self.ahead.remove(&self.read) else {
+                return;
+            };
+            self.skip_reader_to(after);
+        }
+    }
+
+    fn skip_reader_to(&mut self, after: Position) {
+        let skip = after.offset.saturating_sub(self.read.offset);
+        let same = after.segment == self.read.segment;
+        match self.reader.as_mut() {
+            Some((id, reader)) if same && *id == after.segment => {
+                if reader.seek_relative(skip as i64).is_err() {
+                    self.reader = None;
+                }
+            }
+            _ => self.reader = None,
+        }
+        self.read = after;
+    }
+
     fn move_read_to_next(&mut self, after: u64) {
         self.reader = None;
         if let Some(next) = self.segments.iter().find(|s| s.id > after) {
@@ -506,21 +653,46 @@ impl SpoolStore {
         }
     }
 
-    /// Records that everything before `upto` was confirmed: writes the cursor, then deletes the
-    /// segments it has passed. Acks must come in order.
-    pub(crate) fn ack(&mut self, upto: Position) -> Result<(), SpoolError> {
-        if upto <= self.acked {
+    /// The lent batch at `start` was confirmed by the service, or refused for good: it leaves
+    /// the spool. The cursor moves past every frame before the first one still unconfirmed;
+    /// segments it passes are deleted (the cursor file is written first). Otherwise the cursor
+    /// file is written at the next [`save_cursor`](Self::save_cursor). False if the batch was
+    /// not lent (its segment was dropped to make room meanwhile).
+    pub(crate) fn settle(&mut self, start: Position) -> Result<bool, SpoolError> {
+        let found = self.lent.remove(&start).is_some();
+        let unconfirmed = [self.lent.keys().next(), self.returned.keys().next()]
+            .into_iter()
+            .flatten()
+            .copied()
+            .chain(std::iter::once(self.read))
+            .min()
+            .expect("read is always there");
+        self.acked = self.acked.max(unconfirmed);
+        let passes_a_segment = self.segments.len() > 1
+            && self.segments.front().is_some_and(|s| {
+                s.id < self.acked.segment || (s.id == self.acked.segment && self.acked.offset >= s.len)
+            });
+        if passes_a_segment {
+            self.save_cursor()?;
+        }
+        Ok(found)
+    }
+
+    /// Writes the cursor file if the cursor moved since it was last written, then deletes the
+    /// segments it has passed.
+    pub(crate) fn save_cursor(&mut self) -> Result<(), SpoolError> {
+        if self.acked <= self.saved {
             return Ok(());
         }
-        cursor::write(&*self.disk, &self.dir, upto).map_err(|source| SpoolError::Io {
+        cursor::write(&*self.disk, &self.dir, self.acked).map_err(|source| SpoolError::Io {
             what: "writing the cursor",
             path: self.dir.join(cursor::CURSOR),
             source,
         })?;
-        self.acked = upto;
+        self.saved = self.acked;
         while let Some(oldest) = self.segments.front() {
-            let passed = oldest.id < upto.segment
-                || (oldest.id == upto.segment && upto.offset >= oldest.len && self.segments.len() > 1);
+            let passed = oldest.id < self.saved.segment
+                || (oldest.id == self.saved.segment && self.saved.offset >= oldest.len && self.segments.len() > 1);
             if !passed {
                 break;
             }
@@ -544,18 +716,20 @@ impl SpoolStore {
         Ok(())
     }
 
-    /// Hands the last batch from [`next`](Self::next) out again at the next call: it was not
-    /// delivered. `start` is where it starts, `rows` its row count. False when its segment is
-    /// gone (dropped to make room meanwhile): the batch is lost.
-    pub(crate) fn unread_last(&mut self, start: Position, rows: u32) -> bool {
+    /// The lent batch at `start` was not delivered: [`next`](Self::next) hands it out again,
+    /// before any batch not yet handed out. False when its segment is gone (dropped to make
+    /// room meanwhile): the batch is lost.
+    pub(crate) fn give_back(&mut self, start: Position) -> bool {
+        let Some(lent) = self.lent.remove(&start) else {
+            return false;
+        };
         let Some(segment) = self.segments.iter_mut().find(|s| s.id == start.segment) else {
             return false;
         };
         segment.read_batches = segment.read_batches.saturating_sub(1);
-        segment.read_rows = segment.read_rows.saturating_sub(u64::from(rows));
+        segment.read_rows = segment.read_rows.saturating_sub(u64::from(lent.rows));
         self.unread += 1;
-        self.read = start;
-        self.reader = None;
+        self.returned.insert(start, lent);
         true
     }
 
@@ -583,5 +757,13 @@ impl SpoolStore {
     /// What was lost so far, and why (at recovery, or to make room).
     pub(crate) fn lost(&self) -> &[Loss] {
         &self.lost
+    }
+}
+
+impl Drop for SpoolStore {
+    /// Saves the cursor, so that the next process does not send confirmed batches again. A
+    /// failure here costs duplicates, never rows.
+    fn drop(&mut self) {
+        let _ = self.save_cursor();
     }
 }

@@ -37,6 +37,30 @@ impl Drop for TempDir {
     }
 }
 
+/// Every batch in the segment files of `dir`, read straight from the files (the store holding
+/// the directory is not asked), cursor or not.
+pub(crate) fn batches_on_disk(dir: &Path) -> Vec<SpooledBatch> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    let mut batches = Vec::new();
+    for file in files {
+        let bytes = fs::read(&file).unwrap();
+        let mut rest = &bytes[SEGMENT_MAGIC.len().min(bytes.len())..];
+        loop {
+            let left = rest.len() as u64;
+            let Frame::Good { payload, .. } = read_frame(&mut rest, left).unwrap() else {
+                break;
+            };
+            batches.push(SpooledBatch::decode(&payload).unwrap());
+        }
+    }
+    batches
+}
+
 fn batch(i: u64, body: usize) -> SpooledBatch {
     SpooledBatch {
         rule_id: "dcr-spool".into(),
@@ -51,14 +75,22 @@ fn open(dir: &TempDir, max_bytes: u64, segment_bytes: u64, when_full: SpoolFull)
     SpoolStore::open(&dir.0, max_bytes, segment_bytes, when_full, Arc::new(RealDisk)).unwrap()
 }
 
-/// Every batch still to hand out, with where the spool stands after each.
+/// Every batch still to hand out, with where each starts.
 fn drain(store: &mut SpoolStore) -> Vec<(SpooledBatch, Position)> {
     let mut out = Vec::new();
-    while let Some((batch, _, after)) = store.next().unwrap() {
-        out.push((batch, after));
+    while let Some((batch, start, _)) = store.next().unwrap() {
+        out.push((batch, start));
         assert!(out.len() < 10_000, "next() does not end");
     }
     out
+}
+
+/// The service confirmed `batches`: they are settled and the cursor saved.
+fn confirm(store: &mut SpoolStore, batches: &[(SpooledBatch, Position)]) {
+    for (_, start) in batches {
+        assert!(store.settle(*start).unwrap(), "{start:?} was lent");
+    }
+    store.save_cursor().unwrap();
 }
 
 fn firsts(batches: &[(SpooledBatch, Position)]) -> Vec<u64> {
@@ -80,7 +112,7 @@ fn batches_come_back_in_order_across_a_restart_and_acked_ones_do_not() {
     let read = drain(&mut store);
     assert_eq!(firsts(&read), [0, 1, 2]);
     assert_eq!(read[1].0, batch(1, 100), "every field comes back");
-    store.ack(read[1].1).unwrap();
+    confirm(&mut store, &read[..=1]);
     drop(store);
 
     let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
@@ -98,7 +130,7 @@ fn segments_roll_and_are_deleted_once_acked() {
     assert!(dir.segment_files().len() >= 5, "{:?}", dir.segment_files());
     let read = drain(&mut store);
     assert_eq!(firsts(&read), (0..20).collect::<Vec<_>>());
-    store.ack(read.last().unwrap().1).unwrap();
+    confirm(&mut store, &read);
     assert_eq!(dir.segment_files().len(), 1, "only the segment being written is left");
     assert_eq!(store.segments(), 1);
     let on_disk: u64 = dir.segment_files().iter().map(|f| f.metadata().unwrap().len()).sum();
@@ -210,7 +242,7 @@ fn orphans_below_the_cursor_are_deleted_and_not_replayed() {
     let first = dir.segment_files()[0].clone();
     let kept = fs::read(&first).unwrap();
     let read = drain(&mut store);
-    store.ack(read.last().unwrap().1).unwrap();
+    confirm(&mut store, &read);
     drop(store);
     // A delete cut short by a crash: the first segment is back, below the cursor.
     fs::write(&first, kept).unwrap();
@@ -229,9 +261,9 @@ fn a_stale_or_corrupt_cursor_replays_rather_than_loses() {
         store.append(&batch(i, 100)).unwrap();
     }
     let read = drain(&mut store);
-    store.ack(read[0].1).unwrap();
+    confirm(&mut store, &read[..=0]);
     let stale = fs::read(dir.0.join("cursor")).unwrap();
-    store.ack(read[2].1).unwrap();
+    confirm(&mut store, &read[1..=2]);
     drop(store);
 
     // The cursor of an earlier ack (its newer write never reached the disk).
@@ -339,4 +371,72 @@ fn a_full_disk_refuses_the_batch_and_keeps_what_was_written() {
         store.lost()
     );
     assert_eq!(firsts(&drain(&mut store)), (0..written).collect::<Vec<_>>());
+}
+
+#[test]
+fn lent_batches_confirmed_out_of_order_move_the_cursor_only_past_the_confirmed_prefix() {
+    let dir = TempDir::new("lent-order");
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
+    let starts: Vec<Position> = (0..4).map(|i| store.append_lent(&batch(i, 100)).unwrap()).collect();
+    assert_eq!(store.unread(), 0, "lent batches are not handed out again");
+    assert!(store.next().unwrap().is_none());
+    // The service confirms 2 and 0; 1 is still in flight, 3 too.
+    assert!(store.settle(starts[2]).unwrap());
+    assert!(store.settle(starts[0]).unwrap());
+    store.save_cursor().unwrap();
+    drop(store);
+    // A crash here: 1 and 3 were never confirmed, 2 was but lies after 1.
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
+    assert_eq!(firsts(&drain(&mut store)), [1, 2, 3], "sent again, never lost");
+}
+
+#[test]
+fn a_given_back_batch_comes_back_first_and_one_lent_at_write_is_never_handed_out_twice() {
+    let dir = TempDir::new("lent-back");
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
+    store.append(&batch(0, 100)).unwrap();
+    let one = store.append_lent(&batch(1, 100)).unwrap();
+    store.append(&batch(2, 100)).unwrap();
+    assert_eq!(store.unread(), 2);
+    let (first, first_start, _) = store.next().unwrap().unwrap();
+    assert_eq!(first.first_row, 0);
+    // Batch 1 was not delivered: it comes back before 2.
+    assert!(store.give_back(one));
+    assert_eq!(store.unread(), 2);
+    let read = drain(&mut store);
+    assert_eq!(firsts(&read), [1, 2], "1 given back, then 2; 1 is not read twice");
+    assert!(store.give_back(first_start), "0 failed too");
+    assert_eq!(firsts(&drain(&mut store)), [0]);
+    // Everything confirmed: the cursor passes it all and nothing is sent again.
+    for start in [first_start, read[0].1, read[1].1] {
+        assert!(store.settle(start).unwrap());
+    }
+    assert!(!store.settle(first_start).unwrap(), "settled once");
+    drop(store);
+    let mut store = open(&dir, 1 << 20, 1 << 20, SpoolFull::DropNewest);
+    assert!(
+        drain(&mut store).is_empty(),
+        "the cursor was saved when the store closed"
+    );
+}
+
+#[test]
+fn confirming_lent_batches_deletes_the_segments_the_cursor_passed() {
+    let dir = TempDir::new("lent-roll");
+    let mut store = open(&dir, 1 << 20, 4096, SpoolFull::DropNewest);
+    let starts: Vec<Position> = (0..20).map(|i| store.append_lent(&batch(i, 1000)).unwrap()).collect();
+    assert!(dir.segment_files().len() >= 5);
+    for start in &starts[..19] {
+        store.settle(*start).unwrap();
+    }
+    assert!(
+        dir.segment_files().len() <= 2,
+        "passed segments are deleted without waiting for a save: {:?}",
+        dir.segment_files()
+    );
+    store.settle(starts[19]).unwrap();
+    store.save_cursor().unwrap();
+    assert_eq!(dir.segment_files().len(), 1, "only the segment being written is left");
+    let on_disk: u64 = dir.segment_files().iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert_eq!(store.bytes_on_disk(), on_disk);
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 
-use super::{DRAIN_PER_TICK, Finished, Ready, Uploaded, Uploading, Worker, panic_message};
+use super::{DRAIN_PER_TICK, Finished, Ready, Sent, Uploaded, Uploading, Worker, panic_message};
 use crate::client::FailureReason;
 use crate::client::batch::{BatchBuilder, Push};
 use crate::client::row_too_large;
@@ -129,22 +129,46 @@ impl Worker {
         }
     }
 
+    /// Starts uploads of the ready batches while slots are free. With `SpoolMode::Always`, each
+    /// batch is written to the spool first and its gzip sent as written.
     pub(super) fn start_uploads(&mut self) {
         while self.in_flight.len() < self.transport.max_concurrency() {
             let Some(Ready { id, stream, batch }) = self.ready.pop_front() else {
                 return;
             };
-            let ids = batch.ids().to_vec();
-            let copy = self.has_spool().then(|| batch.clone());
+            let destination = self.destination(stream);
+            let (lent, memory) = self.spool_before_upload(&destination, batch);
+            let ids = memory.iter().flat_map(|b| b.ids().iter().copied()).collect();
+            let copies = if self.has_spool() { memory.clone() } else { Vec::new() };
+            let mut parts = Vec::with_capacity(lent.len());
+            let mut lent_sends = Vec::with_capacity(lent.len());
+            for (part, body) in lent {
+                lent_sends.push((part.start, self.transport.send_body(&destination, body)));
+                parts.push(part);
+            }
+            let memory_sends: Vec<_> = memory
+                .into_iter()
+                .map(|batch| self.transport.send(&destination, batch))
+                .collect();
             self.uploading.insert(
                 id,
                 Uploading {
                     stream,
                     ids,
-                    batch: copy,
+                    copies,
+                    lent: parts,
                 },
             );
-            let sending = self.transport.send(&self.destination(stream), batch);
+            let sending = async move {
+                let mut sent = Vec::new();
+                for (start, sending) in lent_sends {
+                    sent.push(Sent::Lent(start, sending.await));
+                }
+                for sending in memory_sends {
+                    sent.extend(sending.await.into_iter().map(|(b, o)| Sent::Memory(b, o)));
+                }
+                sent
+            };
             self.in_flight.push(Box::pin(async move {
                 // A panic in an upload (a bug) fails its batch instead of the worker.
                 let parts = AssertUnwindSafe(sending)

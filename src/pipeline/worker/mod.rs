@@ -30,6 +30,7 @@ use crate::client::batch::{Batch, BatchBuilder};
 use crate::client::{OnError, SendOutcome};
 use crate::pipeline::destinations::{Destination, Destinations};
 use crate::pipeline::queue::{Queue, Reader};
+use crate::pipeline::spool::Position;
 use crate::pipeline::stats::Outcomes;
 use crate::pipeline::transport::Transport;
 use crate::row::RowShape;
@@ -70,16 +71,25 @@ struct Ready {
 /// stops first.
 struct Uploading {
     stream: u32,
+    /// The rows sent from memory.
     ids: Vec<usize>,
-    /// A copy of the batch, kept only with a spool.
-    batch: Option<Batch>,
+    /// A copy of the parts sent from memory, kept only with a spool.
+    copies: Vec<Batch>,
+    /// The parts sent from the spool (`SpoolMode::Always`).
+    lent: Vec<spill::LentPart>,
 }
 
 /// An upload's result: each part sent, or the panic that ended it.
 struct Uploaded {
     id: u64,
     stream: u32,
-    parts: Result<Vec<(Batch, SendOutcome)>, String>,
+    parts: Result<Vec<Sent>, String>,
+}
+
+/// A part of a batch, sent: from memory, or from the spool (where it starts there).
+enum Sent {
+    Memory(Batch, SendOutcome),
+    Lent(Position, SendOutcome),
 }
 
 /// What an upload in flight comes to: a batch of new rows, or a spooled batch sent again.

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::batches::Added;
-use super::{Ready, Uploaded, Uploading, Worker};
+use super::{Ready, Sent, Uploaded, Uploading, Worker};
 use crate::client::batch::Batch;
 use crate::client::{FailedBatch, FailureReason};
 use crate::pipeline::destinations::Destination;
@@ -26,19 +26,32 @@ pub(super) fn app_rows(ids: &[usize]) -> u64 {
 
 impl Worker {
     pub(super) fn settle(&mut self, Uploaded { id, stream, parts }: Uploaded) {
-        let ids = self.uploading.remove(&id).map(|u| u.ids).unwrap_or_default();
+        let Some(Uploading { ids, mut lent, .. }) = self.uploading.remove(&id) else {
+            return;
+        };
+        let destination = self.destination(stream);
         let done = match parts {
             Ok(done) => done,
             Err(panic) => {
-                let destination = self.destination(stream);
+                for part in lent {
+                    self.give_back_lent(part);
+                }
                 let reason = FailureReason::UploadPanicked { message: panic };
                 self.report(&destination, reason, ids, Vec::new());
                 return;
             }
         };
         let counters = self.outcomes.clone();
-        let destination = self.destination(stream);
-        for (batch, outcome) in done {
+        for part in done {
+            let (batch, outcome) = match part {
+                Sent::Memory(batch, outcome) => (batch, outcome),
+                Sent::Lent(start, outcome) => {
+                    if let Some(i) = lent.iter().position(|p| p.start == start) {
+                        self.settle_lent(&destination, stream, lent.swap_remove(i), outcome);
+                    }
+                    continue;
+                }
+            };
             let mine = app_rows(batch.ids());
             let diagnostic_rows = batch.len() as u64 - mine;
             match outcome.result {
@@ -173,16 +186,24 @@ impl Worker {
         // Dropping an upload cancels it; the service may or may not have stored its rows.
         drop(std::mem::take(&mut self.in_flight));
         // With a spool, every batch goes there first; what it cannot take fails.
-        for (_, Uploading { stream, ids, batch }) in std::mem::take(&mut self.uploading) {
+        // Parts sent from the spool stay there, to be sent again by the next process.
+        for (
+            _,
+            Uploading {
+                stream, ids, copies, ..
+            },
+        ) in std::mem::take(&mut self.uploading)
+        {
             let destination = self.destination(stream);
             let why = reason("the request was in flight; the service may have stored it");
-            match batch {
-                Some(batch) => {
-                    for left in self.spill(&destination, batch) {
-                        self.fail_batch(&destination, why.clone(), &left);
-                    }
+            if !self.has_spool() {
+                self.report(&destination, why, ids, Vec::new());
+                continue;
+            }
+            for batch in copies {
+                for left in self.spill(&destination, batch) {
+                    self.fail_batch(&destination, why.clone(), &left);
                 }
-                None => self.report(&destination, why, ids, Vec::new()),
             }
         }
         for Ready { stream, batch, .. } in std::mem::take(&mut self.ready) {

@@ -1,8 +1,9 @@
 //! The disk spool from the worker's side. A batch whose retries ran out, and at shutdown every
-//! batch and queued row not yet confirmed, go to disk instead of failing; spooled batches are
+//! batch and queued row not yet confirmed, go to disk instead of failing; with
+//! `SpoolMode::Always`, every closed batch too, before its first upload. Spooled batches are
 //! sent again oldest first, one at a time next to the new rows, and confirmed ones leave the
-//! spool. When the spool cannot take a batch (full, a disk error), its rows fail as they would
-//! without a spool, and the error is counted.
+//! spool. When the spool cannot take a batch (full, a disk error), it goes on from memory: sent,
+//! or failed as it would be without a spool, and the error is counted.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ use super::{Finished, Worker, panic_message};
 use crate::client::batch::{Batch, BatchBuilder, Compressed, Push, compress_fitting};
 use crate::client::{FailedBatch, FailureReason, MAX_BODY_BYTES, SendOutcome};
 use crate::pipeline::destinations::Destination;
-use crate::pipeline::spool::{Position, SpoolError, SpoolStore, SpoolSync, SpooledBatch};
+use crate::pipeline::spool::{Position, Spool, SpoolError, SpoolMode, SpoolStore, SpoolSync, SpooledBatch};
 
 /// The first wait after a spooled batch could not be sent again, and the longest.
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
@@ -24,6 +25,7 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(30);
 pub(crate) struct SpoolState {
     store: SpoolStore,
     sync: SpoolSync,
+    mode: SpoolMode,
     /// Written since the last sync.
     dirty: bool,
     synced: Instant,
@@ -42,10 +44,11 @@ pub(crate) struct SpoolState {
 }
 
 impl SpoolState {
-    pub(crate) fn new(store: SpoolStore, sync: SpoolSync) -> Self {
+    pub(crate) fn new(store: SpoolStore, spool: &Spool) -> Self {
         SpoolState {
             store,
-            sync,
+            sync: spool.sync,
+            mode: spool.mode,
             dirty: false,
             synced: Instant::now(),
             replaying: false,
@@ -70,15 +73,21 @@ impl SpoolState {
     }
 }
 
+/// A part of a batch written to the spool before its upload (`SpoolMode::Always`): where it
+/// starts there, and its rows (for `on_error` if the service refuses it).
+pub(super) struct LentPart {
+    pub(super) start: Position,
+    batch: Batch,
+}
+
 /// A spooled batch sent again, and how it went.
 pub(super) struct Replayed {
     rule_id: String,
     stream: String,
     first_row: u64,
     rows: u32,
-    /// Where the batch starts and ends in the spool.
+    /// Where the batch starts in the spool.
     start: Position,
-    after: Position,
     /// Written by this process (its rows are in `Stats::spooled`), not by an earlier one.
     own: bool,
     outcome: Result<SendOutcome, String>,
@@ -203,6 +212,113 @@ impl Worker {
         true
     }
 
+    /// With `SpoolMode::Always`: writes `batch` to the spool before its upload, gzipped as the
+    /// transport sends it. The parts written (with the body to send) and the parts the spool
+    /// could not take (full, a disk error: sent from memory, and the error counted).
+    pub(super) fn spool_before_upload(
+        &mut self,
+        destination: &Destination,
+        batch: Batch,
+    ) -> (Vec<(LentPart, Vec<u8>)>, Vec<Batch>) {
+        let level = self.transport.gzip_level();
+        let taking =
+            |s: &SpoolState| s.mode == SpoolMode::Always && s.refused_until.is_none_or(|t| Instant::now() >= t);
+        let Some(spool) = self.spool.as_mut().filter(|s| taking(s)) else {
+            return (Vec::new(), vec![batch]);
+        };
+        let fitted = compress_fitting(batch, level, MAX_BODY_BYTES);
+        // Rows too large even alone fail in the transport, as without a spool.
+        let mut memory: Vec<Batch> = fitted.too_large.into_iter().map(|(b, _)| b).collect();
+        let mut lent = Vec::new();
+        let mut errors = Vec::new();
+        for Compressed { batch, body } in fitted.bodies {
+            if !errors.is_empty() {
+                memory.push(batch);
+                continue;
+            }
+            let rows = super::report::app_rows(batch.ids()) as u32;
+            let mut record = SpooledBatch {
+                rule_id: destination.rule_id.clone(),
+                stream: destination.stream.clone(),
+                first_row: batch.ids().first().copied().unwrap_or_default() as u64,
+                rows,
+                body,
+            };
+            match spool.store.append_lent(&record) {
+                Ok(start) => {
+                    spool.dirty = true;
+                    self.outcomes.spooled.fetch_add(u64::from(rows), Ordering::Relaxed);
+                    lent.push((LentPart { start, batch }, std::mem::take(&mut record.body)));
+                }
+                Err(e) => {
+                    errors.push(e);
+                    memory.push(batch);
+                }
+            }
+        }
+        if spool.sync == SpoolSync::EveryBatch
+            && !lent.is_empty()
+            && let Err(e) = spool.store.sync()
+        {
+            // Written, not known durable: sent all the same.
+            errors.push(e);
+        }
+        if !errors.is_empty() {
+            spool.refused_until = Some(Instant::now() + FIRST_PAUSE);
+        }
+        for error in &errors {
+            self.spool_error(error);
+        }
+        self.account_spool();
+        (lent, memory)
+    }
+
+    /// A part sent from the spool settled: confirmed or refused for good, it leaves the spool
+    /// (counted sent, or failed and handed to `on_error`); not delivered now (retries ran out,
+    /// authentication), it stays there to be sent again.
+    pub(super) fn settle_lent(&mut self, destination: &Destination, stream: u32, part: LentPart, outcome: SendOutcome) {
+        let result = match outcome.result {
+            Err(FailureReason::RetriesExhausted { .. } | FailureReason::Authentication { .. }) => {
+                return self.give_back_lent(part);
+            }
+            result => result,
+        };
+        let Some(spool) = self.spool.as_mut() else { return };
+        if let Err(e) = spool.store.settle(part.start) {
+            self.spool_error(&e);
+        }
+        self.account_spool();
+        let rows = super::report::app_rows(part.batch.ids());
+        self.outcomes.spooled.fetch_sub(rows, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                self.outcomes.sent.fetch_add(rows, Ordering::Relaxed);
+                let diagnostic_rows = part.batch.len() as u64 - rows;
+                self.outcomes
+                    .diagnostic_rows
+                    .fetch_add(diagnostic_rows, Ordering::Relaxed);
+                self.destinations.count(stream, rows, 0);
+                self.service_answers();
+            }
+            Err(reason) => {
+                self.destinations.count(stream, 0, rows);
+                // `report` counts them failed.
+                self.fail_batch(destination, reason, &part.batch);
+            }
+        }
+    }
+
+    /// A part sent from the spool was not delivered: it stays there, to be sent again; if its
+    /// segment was dropped to make room meanwhile, its rows are lost and counted dropped.
+    pub(super) fn give_back_lent(&mut self, part: LentPart) {
+        let Some(spool) = self.spool.as_mut() else { return };
+        if !spool.store.give_back(part.start) {
+            let rows = super::report::app_rows(part.batch.ids());
+            self.outcomes.spooled.fetch_sub(rows, Ordering::Relaxed);
+            self.outcomes.spool_dropped.fetch_add(rows, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a spool error, and says the first one on stderr.
     fn spool_error(&mut self, error: &SpoolError) {
         self.outcomes.spool_errors.fetch_add(1, Ordering::Relaxed);
@@ -222,17 +338,27 @@ impl Worker {
         let Some(spool) = self.spool.as_mut() else { return };
         let due = match spool.sync {
             SpoolSync::Interval(every) => now || spool.synced.elapsed() >= every,
-            SpoolSync::EveryBatch => now,
+            // Each batch is synced as it is written; the cursor goes with the default interval.
+            SpoolSync::EveryBatch => now || spool.synced.elapsed() >= SpoolSync::default_interval(),
             SpoolSync::Never => false,
         };
-        if !(spool.dirty && due) {
+        let due = due || (now && spool.sync == SpoolSync::Never);
+        if !due {
             return;
         }
-        spool.dirty = false;
         spool.synced = Instant::now();
-        if let Err(e) = spool.store.sync() {
+        let mut result = Ok(());
+        if spool.dirty && spool.sync != SpoolSync::Never {
+            spool.dirty = false;
+            result = spool.store.sync();
+        }
+        // The cursor of what the service confirmed: at the same pace (it costs an fsync), so
+        // that a crash sends again at most this interval's confirmed batches.
+        let result = result.and_then(|()| spool.store.save_cursor());
+        if let Err(e) = result {
             self.spool_error(&e);
         }
+        self.account_spool();
     }
 
     /// Starts sending the oldest spooled batch, if there is one, no other is being sent, an
@@ -247,7 +373,7 @@ impl Worker {
         {
             return;
         }
-        let (batch, start, after) = match spool.store.next() {
+        let (batch, start, _) = match spool.store.next() {
             Ok(Some(next)) => next,
             Ok(None) => return,
             Err(e) => {
@@ -256,7 +382,7 @@ impl Worker {
             }
         };
         spool.replaying = true;
-        let own = spool.store.written_here(after.segment);
+        let own = spool.store.written_here(start.segment);
         let destination = Destination {
             rule_id: batch.rule_id,
             stream: batch.stream,
@@ -274,7 +400,6 @@ impl Worker {
                 first_row,
                 rows,
                 start,
-                after,
                 own,
                 outcome,
             })
@@ -297,7 +422,7 @@ impl Worker {
             Err(FailureReason::RetriesExhausted { .. } | FailureReason::Authentication { .. })
         );
         if retry_later {
-            if !spool.store.unread_last(done.start, done.rows) && done.own {
+            if !spool.store.give_back(done.start) && done.own {
                 // Its segment was dropped to make room while it was being sent: lost.
                 self.outcomes.spooled.fetch_sub(rows, Ordering::Relaxed);
                 self.outcomes.spool_dropped.fetch_add(rows, Ordering::Relaxed);
@@ -308,8 +433,8 @@ impl Worker {
         }
         spool.pause = FIRST_PAUSE;
         spool.paused_until = None;
-        let acked = spool.store.ack(done.after);
-        if let Err(e) = acked {
+        let settled = spool.store.settle(done.start);
+        if let Err(e) = settled {
             self.spool_error(&e);
         }
         self.account_spool();
