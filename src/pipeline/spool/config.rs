@@ -18,7 +18,7 @@ use super::{SpoolError, SpoolStore};
 /// dropped; and, at shutdown, every batch and queued row not yet confirmed instead of being
 /// reported failed. In [`Always`](SpoolMode::Always), also every closed batch, before its first
 /// upload, so that a crash loses no closed batch. Spooled batches are sent again oldest first,
-/// one at a time next to the new rows, once the service answers again; the next process on the
+/// in the upload slots the new rows leave free (one at a time until the service answers); the next process on the
 /// same directory sends what this one left. Delivery stays at-least-once: a batch confirmed just
 /// before a crash may be sent again after it (see
 /// [`AzureLogsBuilder::row_id_column`](crate::AzureLogsBuilder::row_id_column)).

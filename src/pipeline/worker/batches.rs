@@ -109,13 +109,22 @@ impl Worker {
         s.opened = None;
         if let Some(batch) = s.builder.take() {
             s.closed += 1;
+            let destination = s.destination.clone();
             let id = self.next_batch;
             self.next_batch += 1;
-            self.ready.push_back(Ready { id, stream, batch });
+            // With `SpoolMode::Always`, on disk from now on.
+            let (lent, memory) = self.spool_before_upload(&destination, batch);
+            self.ready.push_back(Ready {
+                id,
+                stream,
+                lent,
+                memory,
+            });
         }
     }
 
-    /// Closes the open batches older than `max_delay`, except where a closed batch still waits.
+    /// Closes the open batches older than `max_delay`, except where a closed batch still waits
+    /// and cannot go to the spool (see [`spill_waiting`](Self::spill_waiting)).
     pub(super) fn close_aged(&mut self) {
         let max_delay = self.config.max_delay;
         for stream in 0..self.streams.len() as u32 {
@@ -123,21 +132,27 @@ impl Worker {
                 .as_ref()
                 .and_then(|s| s.opened)
                 .is_some_and(|t| t.elapsed() >= max_delay);
-            if aged && !self.waiting(stream) {
+            if aged && (!self.waiting(stream) || self.spill_waiting(stream)) {
                 self.close(stream);
             }
         }
     }
 
-    /// Starts uploads of the ready batches while slots are free. With `SpoolMode::Always`, each
-    /// batch is written to the spool first and its gzip sent as written.
+    /// Starts uploads of the ready batches while slots are free: parts on disk
+    /// (`SpoolMode::Always`) are sent as the gzip written there, parts in memory through the
+    /// transport.
     pub(super) fn start_uploads(&mut self) {
         while self.in_flight.len() < self.transport.max_concurrency() {
-            let Some(Ready { id, stream, batch }) = self.ready.pop_front() else {
+            let Some(Ready {
+                id,
+                stream,
+                lent,
+                memory,
+            }) = self.ready.pop_front()
+            else {
                 return;
             };
             let destination = self.destination(stream);
-            let (lent, memory) = self.spool_before_upload(&destination, batch);
             let ids = memory.iter().flat_map(|b| b.ids().iter().copied()).collect();
             let copies = if self.has_spool() { memory.clone() } else { Vec::new() };
             let mut parts = Vec::with_capacity(lent.len());

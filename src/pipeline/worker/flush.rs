@@ -90,7 +90,7 @@ impl Worker {
             };
             closing.retain(|&(stream, closed)| {
                 let stream_closed = |w: &Worker| w.streams[stream as usize].as_ref().map_or(0, |s| s.closed);
-                if stream_closed(self) < closed && !self.waiting(stream) {
+                if stream_closed(self) < closed && (!self.waiting(stream) || self.spill_waiting(stream)) {
                     self.close(stream);
                 }
                 stream_closed(self) < closed

@@ -60,11 +60,14 @@ pub(crate) struct WorkerConfig {
     pub(crate) shape: Arc<RowShape>,
 }
 
-/// A closed batch waiting for an upload slot. Batches get increasing ids as they close.
+/// A closed batch waiting for an upload slot. Batches get increasing ids as they close. With
+/// `SpoolMode::Always` it was written to the spool as it closed: its parts there (with the gzip
+/// to send) and the parts the spool could not take; otherwise it is one part in memory.
 struct Ready {
     id: u64,
     stream: u32,
-    batch: Batch,
+    lent: Vec<(spill::LentPart, Vec<u8>)>,
+    memory: Vec<Batch>,
 }
 
 /// A batch being uploaded: what to count failed (or, with a spool, to spool) if the pipeline

@@ -206,10 +206,13 @@ impl Worker {
                 }
             }
         }
-        for Ready { stream, batch, .. } in std::mem::take(&mut self.ready) {
+        // Parts on disk already (`SpoolMode::Always`) stay there.
+        for Ready { stream, memory, .. } in std::mem::take(&mut self.ready) {
             let destination = self.destination(stream);
-            for left in self.spill(&destination, batch) {
-                self.fail_batch(&destination, reason("the batch was waiting to be sent"), &left);
+            for batch in memory {
+                for left in self.spill(&destination, batch) {
+                    self.fail_batch(&destination, reason("the batch was waiting to be sent"), &left);
+                }
             }
         }
         for index in 0..self.streams.len() {

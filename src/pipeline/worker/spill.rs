@@ -1,8 +1,8 @@
 //! The disk spool from the worker's side. A batch whose retries ran out, and at shutdown every
 //! batch and queued row not yet confirmed, go to disk instead of failing; with
 //! `SpoolMode::Always`, every closed batch too, before its first upload. Spooled batches are
-//! sent again oldest first, one at a time next to the new rows, and confirmed ones leave the
-//! spool. When the spool cannot take a batch (full, a disk error), it goes on from memory: sent,
+//! sent again oldest first in the upload slots the new rows leave free (one at a time until the
+//! service answers), and confirmed ones leave the spool. When the spool cannot take a batch (full, a disk error), it goes on from memory: sent,
 //! or failed as it would be without a spool, and the error is counted.
 
 use std::panic::AssertUnwindSafe;
@@ -29,8 +29,11 @@ pub(crate) struct SpoolState {
     /// Written since the last sync.
     dirty: bool,
     synced: Instant,
-    /// A spooled batch is being sent (one at a time).
-    replaying: bool,
+    /// Spooled batches being sent: one at a time until one got through, then as many as
+    /// upload slots are free after the new rows' batches.
+    replaying: usize,
+    /// The last spooled batch sent (or a new batch) got through.
+    answering: bool,
     /// After a failed replay: no new one before this.
     paused_until: Option<Instant>,
     pause: Duration,
@@ -51,7 +54,8 @@ impl SpoolState {
             mode: spool.mode,
             dirty: false,
             synced: Instant::now(),
-            replaying: false,
+            replaying: 0,
+            answering: false,
             paused_until: None,
             pause: FIRST_PAUSE,
             said: false,
@@ -169,21 +173,33 @@ impl Worker {
         }
     }
 
-    /// With a spool and a queue more than half full: writes the closed batch of `stream` that
-    /// waits for an upload slot to the spool, so the stream can go on. Whether it did.
+    /// Frees the upload slot a closed batch of `stream` waits for, so the stream can go on: a
+    /// batch already on disk (`SpoolMode::Always`) goes back to the spool, to be sent from there;
+    /// one in memory is written to the spool when the queue is more than half full. Whether the
+    /// slot is free now.
     pub(super) fn spill_waiting(&mut self, stream: u32) -> bool {
-        let refused = |s: &SpoolState| s.refused_until.is_some_and(|t| Instant::now() < t);
-        if self.spool.as_ref().is_none_or(refused) || !self.queue.under_pressure() {
-            return false;
-        }
         let Some(index) = self.ready.iter().position(|r| r.stream == stream) else {
             return false;
         };
-        let super::Ready { id, batch, .. } = self.ready.remove(index).expect("found above");
+        let refused = |s: &SpoolState| s.refused_until.is_some_and(|t| Instant::now() < t);
+        let may_spill = self.spool.as_ref().is_some_and(|s| !refused(s)) && self.queue.under_pressure();
+        if !self.ready[index].memory.is_empty() && !may_spill {
+            return false;
+        }
+        let super::Ready { id, lent, memory, .. } = self.ready.remove(index).expect("found above");
+        for (part, _) in lent {
+            self.give_back_lent(part);
+        }
+        if memory.is_empty() {
+            return true;
+        }
         let destination = self.destination(stream);
-        let rows = batch.len();
-        let original = batch.clone();
-        let left = self.spill(&destination, batch);
+        let rows: usize = memory.iter().map(Batch::len).sum();
+        let original = memory.clone();
+        let left: Vec<Batch> = memory
+            .into_iter()
+            .flat_map(|batch| self.spill(&destination, batch))
+            .collect();
         if left.is_empty() {
             return true;
         }
@@ -197,7 +213,8 @@ impl Worker {
                 super::Ready {
                     id,
                     stream,
-                    batch: original,
+                    lent: Vec::new(),
+                    memory: original,
                 },
             );
             return false;
@@ -361,27 +378,32 @@ impl Worker {
         self.account_spool();
     }
 
-    /// Starts sending the oldest spooled batch, if there is one, no other is being sent, an
-    /// upload slot is free after the new rows' batches, and no failed replay asks to wait.
+    /// Starts sending the oldest spooled batches while upload slots are free after the new
+    /// rows' batches and no failed replay asks to wait: one at a time until the service has
+    /// answered, then as many as slots are free.
     pub(super) fn start_replay(&mut self) {
+        while self.start_one_replay() {}
+    }
+
+    fn start_one_replay(&mut self) -> bool {
         let free = self.in_flight.len() < self.transport.max_concurrency();
-        let Some(spool) = self.spool.as_mut() else { return };
-        if spool.replaying
+        let Some(spool) = self.spool.as_mut() else { return false };
+        if (spool.replaying > 0 && !spool.answering)
             || !free
             || spool.store.unread() == 0
             || spool.paused_until.is_some_and(|t| Instant::now() < t)
         {
-            return;
+            return false;
         }
         let (batch, start, _) = match spool.store.next() {
             Ok(Some(next)) => next,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 self.spool_error(&e);
-                return;
+                return false;
             }
         };
-        spool.replaying = true;
+        spool.replaying += 1;
         let own = spool.store.written_here(start.segment);
         let destination = Destination {
             rule_id: batch.rule_id,
@@ -404,6 +426,7 @@ impl Worker {
                 outcome,
             })
         }));
+        true
     }
 
     /// A spooled batch was sent again: confirmed ones leave the spool; one the service cannot
@@ -411,7 +434,7 @@ impl Worker {
     /// through); one it refuses for good is reported and leaves the spool.
     pub(super) fn settle_replay(&mut self, done: Replayed) {
         let Some(spool) = self.spool.as_mut() else { return };
-        spool.replaying = false;
+        spool.replaying -= 1;
         let rows = u64::from(done.rows);
         let result = match done.outcome {
             Ok(outcome) => outcome.result,
@@ -427,12 +450,17 @@ impl Worker {
                 self.outcomes.spooled.fetch_sub(rows, Ordering::Relaxed);
                 self.outcomes.spool_dropped.fetch_add(rows, Ordering::Relaxed);
             }
-            spool.paused_until = Some(Instant::now() + spool.pause);
-            spool.pause = (spool.pause * 2).min(LONGEST_PAUSE);
+            spool.answering = false;
+            // Replays in flight together fail together: one pause for them.
+            if spool.paused_until.is_none_or(|t| Instant::now() >= t) {
+                spool.paused_until = Some(Instant::now() + spool.pause);
+                spool.pause = (spool.pause * 2).min(LONGEST_PAUSE);
+            }
             return;
         }
         spool.pause = FIRST_PAUSE;
         spool.paused_until = None;
+        spool.answering = true;
         let settled = spool.store.settle(done.start);
         if let Err(e) = settled {
             self.spool_error(&e);
@@ -469,6 +497,7 @@ impl Worker {
         if let Some(spool) = self.spool.as_mut() {
             spool.paused_until = None;
             spool.pause = FIRST_PAUSE;
+            spool.answering = true;
         }
     }
 

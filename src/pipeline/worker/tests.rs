@@ -607,14 +607,17 @@ fn always_writes_every_batch_to_disk_before_its_upload_and_drops_it_once_confirm
 #[test]
 fn always_keeps_what_the_service_did_not_take_and_sends_it_when_it_answers() {
     let dir = TempDir::new("worker-always-outage");
-    // The first six uploads find the service down for their whole retry deadline.
-    let transport = Scripted::new(100, |n| if n < 6 { Script::Down } else { Script::Accept });
+    // The first two uploads find the service down for their whole retry deadline (more would
+    // only make the test wait through replay's backoff: 1 s, then 2 s, ...).
+    let transport = Scripted::new(100, |n| if n < 2 { Script::Down } else { Script::Accept });
     let h = Harness::start_with(transport.clone(), Some(&always(&dir)));
     h.push(0..300);
     assert_eq!(h.flush(WAIT), None);
     wait_until("every row was sent", || h.sent() == 300);
     assert_eq!((h.failed(), h.spooled()), (0, 0));
     assert_eq!(accepted_rows(&transport), (0..300).collect::<Vec<_>>(), "each row once");
+    let refused = transport.received().iter().filter(|r| !r.accepted).count();
+    assert_eq!(refused, 2, "the outage was seen");
 }
 
 #[test]
@@ -651,4 +654,26 @@ fn always_on_a_failing_disk_ships_from_memory_and_says_so() {
             .filter_map(|row| serde_json::from_str::<serde_json::Value>(&row).ok())
             .any(|row| row["Properties"]["spool_errors_total"].as_u64() >= Some(1))
     });
+}
+
+#[test]
+fn always_puts_every_closed_batch_on_disk_even_while_uploads_stall() {
+    let dir = TempDir::new("worker-always-stall");
+    // The service holds every request: both upload slots stay taken.
+    let transport = Scripted::new(100, |_| Script::Hold);
+    let h = Harness::start_with(transport.clone(), Some(&always(&dir)));
+    h.push(0..2_000);
+    // Nothing waits in memory behind the stalled uploads (a crash would lose it): every row is
+    // in the files within a few `max_delay`s, though the queue is far from full.
+    wait_until("every row is on disk", || {
+        rows_on_disk(&dir) == (0..2_000).collect::<Vec<_>>()
+    });
+    assert_eq!(h.spooled(), 2_000);
+    assert_eq!(transport.received().len(), 2, "two uploads in flight, no more");
+    transport.release(1_000_000);
+    assert_eq!(h.flush(WAIT), None);
+    wait_until("every row was sent", || h.sent() == 2_000);
+    let mut accepted = accepted_rows(&transport);
+    accepted.dedup();
+    assert_eq!(accepted, (0..2_000).collect::<Vec<_>>());
 }
