@@ -26,6 +26,8 @@ pub(crate) struct Outcomes {
     pub(crate) spool_errors: AtomicU64,
     /// Bytes the spool takes on disk.
     pub(crate) spool_bytes: AtomicU64,
+    /// Batches in the spool not yet confirmed, this process's and earlier ones'.
+    pub(crate) spool_backlog: AtomicU64,
     /// Rows deleted from the full spool to make room (`SpoolFull::DropOldest`); in `dropped`.
     pub(crate) spool_dropped: AtomicU64,
 }
@@ -83,6 +85,9 @@ pub struct Stats {
     pub spool_errors: u64,
     /// Bytes the spool's files take on disk (0 without a spool).
     pub spool_bytes: u64,
+    /// Batches in the spool the service has not confirmed yet: this process's and those an
+    /// earlier process left (0 without a spool). 0 means the spool is drained.
+    pub spool_backlog: u64,
     /// Of `dropped`: rows that had been enqueued and spooled, then deleted from the full spool
     /// (`SpoolFull::DropOldest`).
     pub spool_dropped: u64,
@@ -156,6 +161,7 @@ impl StatsHandle {
             replayed: c.replayed.load(Ordering::Relaxed),
             spool_errors: c.spool_errors.load(Ordering::Relaxed),
             spool_bytes: c.spool_bytes.load(Ordering::Relaxed),
+            spool_backlog: c.spool_backlog.load(Ordering::Relaxed),
             spool_dropped: c.spool_dropped.load(Ordering::Relaxed),
         }
     }

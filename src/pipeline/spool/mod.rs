@@ -738,6 +738,11 @@ impl SpoolStore {
         self.first_written.is_some_and(|first| segment >= first)
     }
 
+    /// Batches not yet confirmed: to hand out, given back, or lent.
+    pub(crate) fn backlog(&self) -> u64 {
+        self.unread + self.lent.len() as u64
+    }
+
     /// Bytes the spool's segments take on disk.
     pub(crate) fn bytes_on_disk(&self) -> u64 {
         self.bytes_on_disk

@@ -137,7 +137,7 @@ impl Worker {
         config: WorkerConfig,
         spool: Option<SpoolState>,
     ) -> Self {
-        Worker {
+        let mut worker = Worker {
             queue,
             destinations,
             transport,
@@ -156,7 +156,10 @@ impl Worker {
             last_diagnostic: None,
             diagnostics: 0,
             spool,
-        }
+        };
+        // What an earlier process left in the spool is in the counts before the first event.
+        worker.account_spool();
+        worker
     }
 
     /// Starts the worker thread.

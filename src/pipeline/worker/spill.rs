@@ -144,14 +144,17 @@ impl Worker {
         unspooled
     }
 
-    /// Brings the counts up to date with the store: its size, and rows of this process that
+    /// Brings the counts up to date with the store: its size and backlog, and rows of this process that
     /// `DropOldest` deleted to make room (they move from `spooled` to `dropped`; their text is
     /// gone, so `on_error` does not get them, and the first such drop is said on stderr).
-    fn account_spool(&mut self) {
+    pub(super) fn account_spool(&mut self) {
         let Some(spool) = self.spool.as_mut() else { return };
         self.outcomes
             .spool_bytes
             .store(spool.store.bytes_on_disk(), Ordering::Relaxed);
+        self.outcomes
+            .spool_backlog
+            .store(spool.store.backlog(), Ordering::Relaxed);
         let new: Vec<_> = spool.store.lost()[spool.losses_seen..].to_vec();
         spool.losses_seen = spool.store.lost().len();
         for loss in new {
