@@ -492,12 +492,9 @@ impl SpoolStore {
             }
         }
         loop {
+            self.step_over_ahead();
             if !self.normalize_read() {
                 return Ok(None);
-            }
-            if let Some(after) = self.ahead.remove(&self.read) {
-                self.skip_reader_to(after);
-                continue;
             }
             let index = self
                 .segments
