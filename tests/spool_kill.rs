@@ -109,12 +109,33 @@ fn sigkill_in_always_mode_loses_a_tail_within_max_delay_and_never_a_hole() {
     let status = wait_for_exit(&mut drain);
     assert!(status.success(), "the second process drained the spool: {status:?}");
 
-    let seqs: BTreeSet<u64> = emu
-        .rows(STREAM)
+    let rows = emu.rows(STREAM);
+    let seqs: BTreeSet<u64> = rows
         .iter()
         .filter_map(|row| row["Properties"]["seq"].as_u64())
         .collect();
     let arrived = seqs.len() as u64;
+    // Row ids: a row sent twice (at-least-once) keeps its id, so ids deduplicate; each process
+    // start draws its own prefix (the top 24 bits).
+    let id = |row: &serde_json::Value| row["RowId"].as_u64().expect("a RowId");
+    let first_ids: BTreeSet<u64> = rows
+        .iter()
+        .filter(|r| r["Properties"]["seq"].is_u64())
+        .map(id)
+        .collect();
+    assert_eq!(first_ids.len() as u64, arrived, "one id per row, duplicates included");
+    let first_prefixes: BTreeSet<u64> = first_ids.iter().map(|id| id >> 40).collect();
+    let restarted: Vec<u64> = rows
+        .iter()
+        .filter(|r| r["Message"] == "after the restart")
+        .map(id)
+        .collect();
+    assert_eq!(restarted.len(), 1, "the second process's row arrived");
+    assert_eq!(first_prefixes.len(), 1, "one prefix per process start");
+    assert!(
+        !first_prefixes.contains(&(restarted[0] >> 40)),
+        "a new process start draws a new prefix"
+    );
     assert_eq!(
         seqs.last().copied(),
         arrived.checked_sub(1),
@@ -149,14 +170,17 @@ fn child() {
         .stream(STREAM)
         .credential(StaticTokenCredential::new(TOKEN))
         .max_delay(MAX_DELAY)
+        .row_id_column("RowId")
         .spool(Spool::dir(std::env::var("TAL_KILL_DIR").unwrap(), 256 << 20).mode(SpoolMode::Always))
         .build()
         .unwrap();
     let started = Instant::now();
     if role == "drain" {
-        // Sends what the killed process left, then ends.
+        // Sends what the killed process left and one row of its own, then ends.
+        tracing_subscriber::registry().with(layer).init();
+        tracing::info!("after the restart");
         let stats = guard.stats_handle();
-        while stats.get().spool_backlog > 0 {
+        while stats.get().spool_backlog > 0 || stats.get().sent == 0 {
             assert!(started.elapsed() < WAIT, "the spool did not drain: {:?}", stats.get());
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -167,6 +167,14 @@ fn the_size_bound_holds_after_a_restart_and_each_policy_does_what_it_says() {
     assert!(store.lost()[0].reason.contains("drop_oldest"));
     let left = firsts(&drain(&mut store));
     assert_eq!(left.last(), Some(&100));
+    let kept = &left[..left.len() - 1];
+    let first_kept = appended - kept.len() as u64;
+    assert!(first_kept > 0, "some batches were dropped");
+    assert_eq!(
+        kept,
+        (first_kept..appended).collect::<Vec<_>>(),
+        "the newest batches are kept, the oldest dropped"
+    );
     assert_eq!(
         left.len() as u64 * 10 + dropped,
         appended * 10 + 10,
