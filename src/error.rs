@@ -5,7 +5,7 @@
 #[non_exhaustive]
 pub enum ConfigError {
     /// The endpoint is not a usable URL.
-    #[error("invalid ingestion endpoint {endpoint:?}: {reason}")]
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint {
         /// The endpoint as given.
         endpoint: String,

@@ -62,6 +62,7 @@ mod init;
 mod layer;
 mod logger;
 mod pipeline;
+pub mod query;
 mod route;
 pub mod row;
 pub mod table;

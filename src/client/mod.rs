@@ -52,13 +52,13 @@ pub use auth::{
 pub use batch::MAX_BODY_BYTES;
 pub use error::{FailedBatch, FailureReason, UploadError};
 pub use retry::RetryPolicy;
-pub(crate) use send::{SendOutcome, row_too_large};
-pub(crate) use settings::ClientSettings;
+pub(crate) use send::{SendOutcome, json_post, read_at_most, row_too_large, unanswered};
+pub(crate) use settings::{ClientSettings, parse_endpoint};
 pub use settings::{LogsIngestionClientBuilder, default_http_client};
 
-use auth::{CachedToken, TokenCache};
+pub(crate) use auth::{CachedToken, TokenCache};
 use batch::{Batch, BatchBuilder, Compressed, Push, compress_fitting};
-use retry::{StatusClass, classify, retry_after};
+pub(crate) use retry::{StatusClass, classify, retry_after};
 
 use crate::row::json::{lossy, serialize_row};
 

@@ -152,27 +152,16 @@ impl LogsIngestionClient {
         inner.counters.wire_bytes.fetch_add(body_len, Ordering::Relaxed);
 
         let timeout = inner.request_timeout.min(remaining);
-        let mut http = inner
-            .http
-            .post(request.url.clone())
-            .timeout(timeout)
-            .header(USER_AGENT, inner.user_agent.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .header("accept", "application/json")
+        let mut http = json_post(&inner.http, request.url, timeout, &inner.user_agent, &current)
             .header("x-ms-client-request-id", &request.id)
-            .header(reqwest::header::AUTHORIZATION, current.authorization.clone())
             .body(request.body.clone());
         if request.encoding == ContentEncoding::Gzip {
             http = http.header(CONTENT_ENCODING, "gzip");
         }
         let response = match http.send().await {
             Ok(response) => response,
-            Err(e) if e.is_timeout() => {
-                let error = format!("request timed out after {timeout:?}");
-                return Attempt::Failed(Failed::Http { error, wait: None });
-            }
             Err(e) => {
-                let error = format!("connection error: {}", error_chain(&e));
+                let error = unanswered(&e, timeout);
                 return Attempt::Failed(Failed::Http { error, wait: None });
             }
         };
@@ -230,6 +219,31 @@ enum Attempt {
 enum Failed {
     Token(FailureReason),
     Http { error: String, wait: Option<Duration> },
+}
+
+/// A JSON `POST` to `url` with the crate's headers and the bearer token, within `timeout`.
+pub(crate) fn json_post(
+    http: &reqwest::Client,
+    url: &Url,
+    timeout: Duration,
+    user_agent: &HeaderValue,
+    token: &CachedToken,
+) -> reqwest::RequestBuilder {
+    http.post(url.clone())
+        .timeout(timeout)
+        .header(USER_AGENT, user_agent.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .header("accept", "application/json")
+        .header(reqwest::header::AUTHORIZATION, token.authorization.clone())
+}
+
+/// What a request that got no answer came to: a timeout or a connection error, with its causes.
+pub(crate) fn unanswered(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        format!("request timed out after {timeout:?}")
+    } else {
+        format!("connection error: {}", error_chain(e))
+    }
 }
 
 /// The failure for a status that is not retried, with what to check.
@@ -291,7 +305,7 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The first `limit` bytes of `response`'s body, read as it streams in (within 5 s). The rest is
 /// never read: dropping the response closes the connection, so a broken or hostile endpoint that
 /// answers with a huge body costs at most `limit` bytes per upload.
-async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+pub(crate) async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut body = Vec::new();
     let read = async {
         while body.len() < limit {
@@ -305,7 +319,7 @@ async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> 
     body
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -184,7 +184,7 @@ fn invalid(option: &'static str, reason: &str) -> ConfigError {
 
 /// Checks an ingestion endpoint: an absolute URL with a host, https unless the host is loopback,
 /// no query or fragment. A trailing slash is dropped.
-fn parse_endpoint(endpoint: &str) -> Result<Url, ConfigError> {
+pub(crate) fn parse_endpoint(endpoint: &str) -> Result<Url, ConfigError> {
     let bad = |reason: &str| ConfigError::InvalidEndpoint {
         endpoint: endpoint.to_owned(),
         reason: reason.to_owned(),

@@ -18,11 +18,12 @@ pub(super) type Checked<T> = Result<T, Box<Response<Body>>>;
 pub(super) fn check_route(route: Route, path: &str, rec: &mut Recorder) -> Checked<(String, String)> {
     match route {
         Route::Upload { rule_id, stream } => Ok((rule_id, stream)),
-        Route::NotFound => Err(rec.refuse(
+        Route::Query | Route::NotFound => Err(rec.refuse(
             404,
             "NotFound",
             &format!(
-                "No route for '{path}'. Uploads go to POST /dataCollectionRules/{{ruleId}}/streams/{{stream}}?api-version=2023-01-01."
+                "No route for '{path}'. Uploads go to POST /dataCollectionRules/{{ruleId}}/streams/{{stream}}?api-version=2023-01-01, \
+                 queries to POST /v1/workspaces/{{workspaceId}}/query."
             ),
         )),
         Route::BadEncoding => Err(rec.refuse(

@@ -40,6 +40,10 @@
 //! Checks run in this order: the body is read (bounded), an injected fault applies, then route,
 //! method, api-version, token, rule/stream, size, encoding, JSON shape, rows.
 //!
+//! It also answers the Logs Query API (`POST`/`GET /v1/workspaces/{id}/query`) over the rows it
+//! accepted, with a KQL subset: see the README's "What it copies from the service",
+//! [`EmulatorBuilder::query_visibility_delay`] and [`EmulatorBuilder::query_limits`].
+//!
 //! Faults ([`Fault`], [`FaultRates`]) inject 429 (`Retry-After` or `retry-after-ms`), any status,
 //! latency, a dropped connection or a request held without an answer (a hang), scripted ([`Emulator::inject`]) or at seeded random rates.
 //!
@@ -87,6 +91,8 @@ mod checks;
 mod credential;
 mod faults;
 mod ingest;
+mod kql;
+mod query;
 mod request;
 mod schema;
 mod server;
@@ -99,6 +105,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 pub use faults::{Fault, FaultRates};
+pub use query::{DEFAULT_QUERY_MAX_BYTES, DEFAULT_QUERY_MAX_ROWS};
 pub use request::{API_VERSIONS, MAX_CONTENT_LENGTH};
 pub use schema::{Column, ColumnType, MAX_FIELD_BYTES};
 pub use state::{EmulatorStats, RequestRecord};
@@ -314,6 +321,9 @@ pub struct EmulatorBuilder {
     persist_dir: Option<PathBuf>,
     fault_rates: Option<FaultRates>,
     request_log_capacity: usize,
+    query_visibility_delay: Duration,
+    query_max_rows: usize,
+    query_max_bytes: usize,
 }
 
 impl Default for EmulatorBuilder {
@@ -329,6 +339,9 @@ impl Default for EmulatorBuilder {
             persist_dir: None,
             fault_rates: None,
             request_log_capacity: DEFAULT_REQUEST_LOG_CAPACITY,
+            query_visibility_delay: Duration::ZERO,
+            query_max_rows: DEFAULT_QUERY_MAX_ROWS,
+            query_max_bytes: DEFAULT_QUERY_MAX_BYTES,
         }
     }
 }
@@ -346,6 +359,9 @@ impl std::fmt::Debug for EmulatorBuilder {
             .field("persist_dir", &self.persist_dir)
             .field("fault_rates", &self.fault_rates)
             .field("request_log_capacity", &self.request_log_capacity)
+            .field("query_visibility_delay", &self.query_visibility_delay)
+            .field("query_max_rows", &self.query_max_rows)
+            .field("query_max_bytes", &self.query_max_bytes)
             .finish()
     }
 }
@@ -442,6 +458,22 @@ impl EmulatorBuilder {
         self
     }
 
+    /// How long after it was accepted a row is seen by queries (default 0). The service takes
+    /// seconds to minutes; a delay lets tests see rows arrive late.
+    pub fn query_visibility_delay(mut self, delay: Duration) -> Self {
+        self.query_visibility_delay = delay;
+        self
+    }
+
+    /// The most rows and bytes a query result holds (defaults: the service's
+    /// [`DEFAULT_QUERY_MAX_ROWS`] and [`DEFAULT_QUERY_MAX_BYTES`]); a larger result is cut and
+    /// answered with a `PartialError`, as the service does.
+    pub fn query_limits(mut self, max_rows: usize, max_bytes: usize) -> Self {
+        self.query_max_rows = max_rows;
+        self.query_max_bytes = max_bytes;
+        self
+    }
+
     /// Binds 127.0.0.1 and starts the server thread.
     pub fn start(self) -> Result<Emulator, EmulatorError> {
         if let Some(dir) = &self.persist_dir {
@@ -458,6 +490,9 @@ impl EmulatorBuilder {
             retain_rows: self.retain_rows,
             persist_dir: self.persist_dir,
             request_log_capacity: self.request_log_capacity,
+            query_visibility_delay: self.query_visibility_delay,
+            query_max_rows: self.query_max_rows,
+            query_max_bytes: self.query_max_bytes,
         };
         let state = State {
             token: self.token.map(Secret::new),

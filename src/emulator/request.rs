@@ -114,7 +114,12 @@ pub(super) fn percent_decode(s: &str) -> Option<String> {
 }
 
 pub(super) enum Route {
-    Upload { rule_id: String, stream: String },
+    Upload {
+        rule_id: String,
+        stream: String,
+    },
+    /// The Logs Query API: `/v1/workspaces/{id}/query`.
+    Query,
     NotFound,
     BadEncoding,
 }
@@ -132,6 +137,13 @@ pub(super) fn route(path: &str) -> Route {
                 (Some(rule_id), Some(stream)) => Route::Upload { rule_id, stream },
                 _ => Route::BadEncoding,
             }
+        }
+        (Some("v1"), Some(workspaces), Some(id), Some(query), None)
+            if workspaces.eq_ignore_ascii_case("workspaces")
+                && query.eq_ignore_ascii_case("query")
+                && !id.is_empty() =>
+        {
+            Route::Query
         }
         _ => Route::NotFound,
     }

@@ -134,6 +134,8 @@ impl Column {
 #[derive(Debug, Default)]
 pub(crate) struct StreamSchema {
     columns: HashMap<String, ColumnType>,
+    /// The column names in declaration order.
+    order: Vec<String>,
 }
 
 /// All declarations: rule id → stream name → columns.
@@ -157,9 +159,22 @@ pub(crate) enum Lookup<'a> {
 impl Declarations {
     pub(crate) fn declare(&mut self, rule_id: String, stream: String, columns: Vec<Column>) {
         let schema = StreamSchema {
+            order: columns.iter().map(|c| c.name.clone()).collect(),
             columns: columns.into_iter().map(|c| (c.name, c.kind)).collect(),
         };
         self.rules.entry(rule_id).or_default().insert(stream, schema);
+    }
+
+    /// The columns (names and DCR types) of `stream` as declared for any rule, if it is.
+    pub(crate) fn stream_columns(&self, stream: &str) -> Option<Vec<(String, String)>> {
+        let schema = self.rules.values().find_map(|streams| streams.get(stream))?;
+        Some(
+            schema
+                .order
+                .iter()
+                .map(|name| (name.clone(), schema.columns[name].as_str().to_owned()))
+                .collect(),
+        )
     }
 
     pub(crate) fn lookup(&self, rule_id: &str, stream: &str) -> Lookup<'_> {

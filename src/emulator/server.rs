@@ -20,8 +20,8 @@ use super::checks::{check_api_version, check_destination, check_method, check_ro
 use super::faults::{Fault, status_error_code};
 use super::ingest::ingest;
 use super::request::{
-    Body, BodyRead, DRAIN_LIMIT, MAX_CONTENT_LENGTH, Recorder, api_version, bearer_matches, no_content, read_body,
-    route,
+    Body, BodyRead, DRAIN_LIMIT, MAX_CONTENT_LENGTH, Recorder, Route, api_version, bearer_matches, no_content,
+    read_body, route,
 };
 use super::state::Shared;
 
@@ -208,6 +208,9 @@ async fn handle(
     let body = read_request_body(&mut body, &mut rec, &mut shutdown).await?;
     if let Some(answer) = apply_fault(fault, &mut rec, &mut shutdown).await? {
         return Ok(answer);
+    }
+    if matches!(route, Route::Query) {
+        return Ok(super::query::answer(&shared, &parts, body, authorized, &mut rec));
     }
     let answered = async {
         let (rule_id, stream) = check_route(route, parts.uri.path(), &mut rec)?;

@@ -79,7 +79,7 @@ pub struct RequestRecord {
 pub struct EmulatorStats {
     /// Requests finished (answered or dropped).
     pub requests: u64,
-    /// Requests answered 204.
+    /// Requests answered 204 (uploads) or 200 (queries).
     pub accepted_requests: u64,
     /// Requests answered with any other status (injected faults included).
     pub rejected_requests: u64,
@@ -110,6 +110,8 @@ pub(crate) type Stored<'a> = (&'a str, usize, Option<Chunk>);
 pub(crate) struct StreamRows {
     pub(crate) count: usize,
     chunks: Vec<Chunk>,
+    /// When each chunk was accepted: its rows' `ingestion_time()`.
+    ingested: Vec<SystemTime>,
 }
 
 impl StreamRows {
@@ -146,6 +148,10 @@ pub(crate) struct Config {
     pub(crate) retain_rows: bool,
     pub(crate) persist_dir: Option<PathBuf>,
     pub(crate) request_log_capacity: usize,
+    /// How long after it was accepted a row is seen by queries.
+    pub(crate) query_visibility_delay: Duration,
+    pub(crate) query_max_rows: usize,
+    pub(crate) query_max_bytes: usize,
 }
 
 /// Everything the server and the handle share.
@@ -200,7 +206,7 @@ impl Shared {
         }
         match record.status {
             None => s.dropped_connections += 1,
-            Some(204) => s.accepted_requests += 1,
+            Some(200 | 204) => s.accepted_requests += 1,
             Some(_) => s.rejected_requests += 1,
         }
         if let Some((stream, count, chunk)) = stored {
@@ -209,6 +215,7 @@ impl Shared {
             rows.count += count;
             if let Some(chunk) = chunk.filter(|c| !c.1.is_empty()) {
                 rows.chunks.push(chunk);
+                rows.ingested.push(SystemTime::now());
             }
         }
         let cap = self.config.request_log_capacity;
@@ -226,6 +233,38 @@ impl Shared {
         // Clone the texts out of the lock would cost as much as parsing; parse under the lock.
         let st = self.lock();
         st.streams.get(stream).map(StreamRows::values).unwrap_or_default()
+    }
+
+    /// The rows of `stream` that queries see at `now`: accepted at least `delay` ago, each with
+    /// its ingestion time.
+    pub(crate) fn query_rows(&self, stream: &str, now: SystemTime, delay: Duration) -> Vec<super::kql::Row> {
+        let st = self.lock();
+        let Some(rows) = st.streams.get(stream) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for ((text, spans), ingested) in rows.chunks.iter().zip(&rows.ingested) {
+            if *ingested + delay > now {
+                continue;
+            }
+            let nanos = ingested
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128);
+            for &(start, len) in spans {
+                if let Ok(serde_json::Value::Object(values)) = serde_json::from_str(&text[start..start + len]) {
+                    out.push(super::kql::Row {
+                        values,
+                        ingested: nanos,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `stream` has accepted rows (retained or not).
+    pub(crate) fn has_stream(&self, stream: &str) -> bool {
+        self.lock().streams.contains_key(stream)
     }
 
     pub(crate) fn stats(&self) -> EmulatorStats {
