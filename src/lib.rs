@@ -58,6 +58,7 @@ mod clock;
 pub mod emulator;
 mod env;
 mod error;
+pub mod export;
 mod init;
 mod layer;
 mod logger;

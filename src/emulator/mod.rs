@@ -261,6 +261,13 @@ impl Emulator {
         self.shared.lock().faults.push(fault, times);
     }
 
+    /// Makes the rows of the next `requests` accepted uploads arrive late: queries see them
+    /// `extra` after the visibility delay, though their `ingestion_time()` is when they were
+    /// accepted (as rows that take longer through the service's pipeline).
+    pub fn delay_visibility(&self, extra: Duration, requests: usize) {
+        self.shared.lock().late = Some((requests, extra));
+    }
+
     /// Sets (or with `None` removes) the random fault rates; the generator restarts from the
     /// seed.
     pub fn set_fault_rates(&self, rates: Option<FaultRates>) {
@@ -500,6 +507,7 @@ impl EmulatorBuilder {
             streams: Default::default(),
             log: Default::default(),
             stats: EmulatorStats::default(),
+            late: None,
         };
         let shared = Arc::new(Shared::new(config, state));
         let (addr, server) = server::spawn(shared.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)))?;

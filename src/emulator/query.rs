@@ -148,7 +148,7 @@ fn run(
     let now_nanos = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
-    let mut rows = shared.query_rows(&stream, now, shared.config.query_visibility_delay);
+    let mut rows = shared.query_rows(&stream, now);
     if let Some(timespan) = timespan {
         let Some((start, end)) = parse_timespan(&timespan, now_nanos) else {
             return Err(bad_argument(

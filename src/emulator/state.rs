@@ -110,8 +110,8 @@ pub(crate) type Stored<'a> = (&'a str, usize, Option<Chunk>);
 pub(crate) struct StreamRows {
     pub(crate) count: usize,
     chunks: Vec<Chunk>,
-    /// When each chunk was accepted: its rows' `ingestion_time()`.
-    ingested: Vec<SystemTime>,
+    /// When each chunk was accepted (its rows' `ingestion_time()`), and from when queries see it.
+    ingested: Vec<(SystemTime, SystemTime)>,
 }
 
 impl StreamRows {
@@ -136,6 +136,9 @@ pub(crate) struct State {
     pub(crate) streams: HashMap<String, StreamRows>,
     pub(crate) log: VecDeque<RequestRecord>,
     pub(crate) stats: EmulatorStats,
+    /// Rows of the next `n` accepted requests are seen by queries this much later than the
+    /// others (late arrival).
+    pub(crate) late: Option<(usize, Duration)>,
 }
 
 /// Settings fixed at start.
@@ -211,11 +214,17 @@ impl Shared {
         }
         if let Some((stream, count, chunk)) = stored {
             s.rows_accepted += count as u64;
-            let rows = st.streams.entry(stream.to_owned()).or_default();
-            rows.count += count;
+            st.streams.entry(stream.to_owned()).or_default().count += count;
             if let Some(chunk) = chunk.filter(|c| !c.1.is_empty()) {
+                let now = SystemTime::now();
+                let mut visible = now + self.config.query_visibility_delay;
+                if let Some((requests, extra)) = st.late.as_mut().filter(|(n, _)| *n > 0) {
+                    *requests -= 1;
+                    visible += *extra;
+                }
+                let rows = st.streams.entry(stream.to_owned()).or_default();
                 rows.chunks.push(chunk);
-                rows.ingested.push(SystemTime::now());
+                rows.ingested.push((now, visible));
             }
         }
         let cap = self.config.request_log_capacity;
@@ -235,16 +244,15 @@ impl Shared {
         st.streams.get(stream).map(StreamRows::values).unwrap_or_default()
     }
 
-    /// The rows of `stream` that queries see at `now`: accepted at least `delay` ago, each with
-    /// its ingestion time.
-    pub(crate) fn query_rows(&self, stream: &str, now: SystemTime, delay: Duration) -> Vec<super::kql::Row> {
+    /// The rows of `stream` that queries see at `now`, each with its ingestion time.
+    pub(crate) fn query_rows(&self, stream: &str, now: SystemTime) -> Vec<super::kql::Row> {
         let st = self.lock();
         let Some(rows) = st.streams.get(stream) else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for ((text, spans), ingested) in rows.chunks.iter().zip(&rows.ingested) {
-            if *ingested + delay > now {
+        for ((text, spans), (ingested, visible)) in rows.chunks.iter().zip(&rows.ingested) {
+            if *visible > now {
                 continue;
             }
             let nanos = ingested
@@ -308,6 +316,7 @@ mod tests {
             streams: HashMap::new(),
             log: VecDeque::new(),
             stats: EmulatorStats::default(),
+            late: None,
         };
         let shown = format!("{state:?}");
         assert!(shown.contains("token"), "{shown}");
