@@ -279,3 +279,32 @@ fn a_window_over_the_result_limit_is_split_until_each_part_fits() {
     assert!(queries > 3, "the whole window, then its halves: {queries} queries");
     emu.shutdown();
 }
+
+#[test]
+fn reingest_copies_the_exported_rows_into_another_stream() {
+    let _limit = common::time_limit();
+    let emu = Emulator::start().unwrap();
+    let dir = TempDir::new("reingest");
+    let sink =
+        tracing_azure_logs::export::ReingestSink::new(emu.client().build().unwrap(), "dcr-copy", "Custom-Copy_CL");
+    let exporter = exporter(&emu, &dir, Duration::from_millis(100), Arc::new(sink));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        upload(&emu.client().build().unwrap(), 0..25, SystemTime::now()).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let round = exporter.run_round().await;
+        assert!(round[0].error.is_none(), "{:?}", round[0].error);
+    });
+    let mut copied: Vec<u64> = emu
+        .rows("Custom-Copy_CL")
+        .iter()
+        .map(|r| r["RowId"].as_u64().unwrap())
+        .collect();
+    copied.sort_unstable();
+    assert_eq!(copied, (0..25).collect::<Vec<_>>());
+    assert_eq!(emu.rows("Custom-Copy_CL")[0]["Message"], "exported");
+    emu.shutdown();
+}
