@@ -30,21 +30,22 @@ mod config;
 mod cursor;
 pub(crate) mod disk;
 mod frame;
+mod lend;
+mod recover;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::{Spool, SpoolFull, SpoolMode, SpoolSync};
 pub(crate) use cursor::Position;
-use cursor::{CURSOR_TMP, Cursor};
 use disk::Disk;
+use frame::SEGMENT_MAGIC;
 pub(crate) use frame::SpooledBatch;
-use frame::{Frame, SEGMENT_MAGIC, read_frame};
 
 const MAGIC_LEN: u64 = SEGMENT_MAGIC.len() as u64;
 
@@ -142,6 +143,12 @@ pub(crate) struct SpoolStore {
     frame: Vec<u8>,
 }
 
+/// The error for file operation `what` on `path`, for `map_err`.
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SpoolError {
+    let path = path.to_owned();
+    move |source| SpoolError::Io { what, path, source }
+}
+
 fn segment_name(id: u64) -> String {
     format!("{id:020}.seg")
 }
@@ -154,166 +161,6 @@ fn segment_id(name: &str) -> Option<u64> {
 }
 
 impl SpoolStore {
-    /// Opens (creating it if needed) the spool in `dir` and recovers what it holds.
-    pub(crate) fn open(
-        dir: impl Into<PathBuf>,
-        max_bytes: u64,
-        segment_bytes: u64,
-        when_full: SpoolFull,
-        disk: Arc<dyn Disk>,
-    ) -> Result<SpoolStore, SpoolError> {
-        let dir = dir.into();
-        let io = |what: &'static str, path: &Path| {
-            let path = path.to_owned();
-            move |source| SpoolError::Io { what, path, source }
-        };
-        fs::create_dir_all(&dir).map_err(io("creating the directory", &dir))?;
-        let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io("opening the lock file", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { dir }),
-            Err(fs::TryLockError::Error(e)) => return Err(io("locking", &lock_path)(e)),
-        }
-        let _ = fs::remove_file(dir.join(CURSOR_TMP));
-
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io("listing", &dir))? {
-            let entry = entry.map_err(io("listing", &dir))?;
-            if let Some(id) = entry.file_name().to_str().and_then(segment_id) {
-                ids.push(id);
-            }
-        }
-        ids.sort_unstable();
-        let mut lost = Vec::new();
-        let start = match cursor::read(&dir).map_err(io("reading the cursor", &dir))? {
-            Cursor::At(at) => at,
-            // From the oldest segment: rows may be sent twice, none is lost.
-            Cursor::Absent | Cursor::Corrupt => Position {
-                segment: ids.first().copied().unwrap_or(1),
-                offset: MAGIC_LEN,
-            },
-        };
-
-        let mut store = SpoolStore {
-            dir,
-            disk,
-            _lock: lock,
-            max_bytes,
-            segment_bytes: segment_bytes.max(MAGIC_LEN + 1),
-            when_full,
-            segments: VecDeque::new(),
-            writer: None,
-            read: start,
-            reader: None,
-            lent: BTreeMap::new(),
-            ahead: BTreeMap::new(),
-            returned: BTreeMap::new(),
-            acked: start,
-            saved: start,
-            first_written: None,
-            bytes_on_disk: 0,
-            unread: 0,
-            lost: Vec::new(),
-            frame: Vec::new(),
-        };
-        for id in ids {
-            let path = store.dir.join(segment_name(id));
-            if id < start.segment {
-                // Passed by the cursor; its delete was cut short by a stop.
-                fs::remove_file(&path).map_err(io("deleting a confirmed segment", &path))?;
-                continue;
-            }
-            let from = if id == start.segment { start.offset } else { MAGIC_LEN };
-            match store.recover_segment(id, from, &mut lost)? {
-                Some(segment) => {
-                    store.bytes_on_disk += segment.len;
-                    store.unread += segment.batches;
-                    store.segments.push_back(segment);
-                }
-                None => fs::remove_file(&path).map_err(io("deleting an empty segment", &path))?,
-            }
-        }
-        store.lost = lost;
-        // Reading starts at the cursor, or at the first segment left if the cursor's is gone.
-        if let Some(first) = store.segments.front()
-            && first.id != store.read.segment
-        {
-            store.read = Position {
-                segment: first.id,
-                offset: MAGIC_LEN,
-            };
-        }
-        Ok(store)
-    }
-
-    /// Checks segment `id` from byte `from` on: counts its good frames and truncates it after
-    /// the last one. `None` for a file that holds no frame at all (empty, or not a segment).
-    fn recover_segment(&self, id: u64, from: u64, lost: &mut Vec<Loss>) -> Result<Option<Segment>, SpoolError> {
-        let path = self.dir.join(segment_name(id));
-        let io = |what: &'static str| {
-            let path = path.clone();
-            move |source| SpoolError::Io { what, path, source }
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io("opening a segment"))?;
-        let len = file.metadata().map_err(io("reading a segment's size"))?.len();
-        let mut reader = BufReader::new(&file);
-        let mut magic = [0u8; SEGMENT_MAGIC.len()];
-        if len < MAGIC_LEN || reader.read_exact(&mut magic).is_err() || &magic != SEGMENT_MAGIC {
-            if len > 0 {
-                lost.push(Loss {
-                    segment: id,
-                    offset: 0,
-                    bytes: len,
-                    rows: None,
-                    reason: "not a spool segment (a wrong or missing header)",
-                });
-            }
-            return Ok(None);
-        }
-        let mut at = from.clamp(MAGIC_LEN, len);
-        reader.seek(SeekFrom::Start(at)).map_err(io("reading a segment"))?;
-        let (mut batches, mut rows) = (0, 0);
-        loop {
-            match read_frame(&mut reader, len - at).map_err(io("reading a segment"))? {
-                Frame::Good { payload, size } => {
-                    batches += 1;
-                    rows += u64::from(SpooledBatch::rows_in(&payload));
-                    at += size;
-                }
-                Frame::End => break,
-                Frame::Bad(reason) => {
-                    lost.push(Loss {
-                        segment: id,
-                        offset: at,
-                        bytes: len - at,
-                        rows: None,
-                        reason,
-                    });
-                    drop(reader);
-                    file.set_len(at).map_err(io("truncating a segment after a bad frame"))?;
-                    break;
-                }
-            }
-        }
-        Ok(Some(Segment {
-            id,
-            len: at,
-            batches,
-            rows,
-            ..Segment::default()
-        }))
-    }
-
     /// Appends `batch`, to be handed out by [`next`](Self::next) in turn. Not durable until
     /// [`sync`](Self::sync).
     pub(crate) fn append(&mut self, batch: &SpooledBatch) -> Result<(), SpoolError> {
@@ -433,10 +280,7 @@ impl SpoolStore {
             .back()
             .map_or(self.read.segment.max(self.acked.segment), |s| s.id + 1);
         let path = self.dir.join(segment_name(id));
-        let io = |what: &'static str| {
-            let path = path.clone();
-            move |source| SpoolError::Io { what, path, source }
-        };
+        let io = |what| io_error(what, &path);
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
@@ -479,255 +323,6 @@ impl SpoolStore {
             })?;
         }
         Ok(())
-    }
-
-    /// The oldest batch not yet handed out (given-back ones first), where it starts (to pass to
-    /// [`settle`](Self::settle) or [`give_back`](Self::give_back)) and where it ends. Reads one
-    /// frame; the batch is lent until then.
-    pub(crate) fn next(&mut self) -> Result<Option<(SpooledBatch, Position, Position)>, SpoolError> {
-        while let Some((start, lent)) = self.returned.pop_first() {
-            self.unread = self.unread.saturating_sub(1);
-            if let Some(batch) = self.read_lent(start, lent)? {
-                return Ok(Some((batch, start, lent.after)));
-            }
-        }
-        loop {
-            self.step_over_ahead();
-            if !self.normalize_read() {
-                return Ok(None);
-            }
-            let index = self
-                .segments
-                .iter()
-                .position(|s| s.id == self.read.segment)
-                .expect("normalized");
-            let (id, len) = (self.segments[index].id, self.segments[index].len);
-            let path = self.dir.join(segment_name(id));
-            let io = |what: &'static str| {
-                let path = path.clone();
-                move |source| SpoolError::Io { what, path, source }
-            };
-            if self.reader.as_ref().is_none_or(|(open, _)| *open != id) {
-                let file = File::open(&path).map_err(io("opening a segment to read"))?;
-                let mut reader = BufReader::new(file);
-                reader
-                    .seek(SeekFrom::Start(self.read.offset))
-                    .map_err(io("reading a segment"))?;
-                self.reader = Some((id, reader));
-            }
-            let (_, reader) = self.reader.as_mut().expect("opened above");
-            match read_frame(reader, len - self.read.offset).map_err(io("reading a segment"))? {
-                Frame::Good { payload, size } => {
-                    let start = self.read;
-                    self.read.offset += size;
-                    self.unread = self.unread.saturating_sub(1);
-                    let rows = SpooledBatch::rows_in(&payload);
-                    let segment = &mut self.segments[index];
-                    segment.read_batches += 1;
-                    segment.read_rows += u64::from(rows);
-                    match SpooledBatch::decode(&payload) {
-                        Some(batch) => {
-                            self.lent.insert(start, Lent { after: self.read, rows });
-                            self.step_over_ahead();
-                            return Ok(Some((batch, start, self.read)));
-                        }
-                        None => self.lost.push(Loss {
-                            segment: id,
-                            offset: start.offset,
-                            bytes: size,
-                            rows: None,
-                            reason: "a record of an unknown kind",
-                        }),
-                    }
-                }
-                Frame::End => self.read.offset = len,
-                Frame::Bad(reason) => {
-                    // Written in this process and changed on disk since: skip the rest.
-                    self.lost.push(Loss {
-                        segment: id,
-                        offset: self.read.offset,
-                        bytes: len - self.read.offset,
-                        rows: None,
-                        reason,
-                    });
-                    self.read.offset = len;
-                }
-            }
-        }
-    }
-
-    /// Reads a given-back frame again and lends it out. `None` (and a loss) if it no longer
-    /// reads back.
-    fn read_lent(&mut self, start: Position, lent: Lent) -> Result<Option<SpooledBatch>, SpoolError> {
-        let Some(segment) = self.segments.iter_mut().find(|s| s.id == start.segment) else {
-            return Ok(None);
-        };
-        let path = self.dir.join(segment_name(start.segment));
-        let io = |what: &'static str| {
-            let path = path.clone();
-            move |source| SpoolError::Io { what, path, source }
-        };
-        let mut file = File::open(&path).map_err(io("opening a segment to read"))?;
-        file.seek(SeekFrom::Start(start.offset))
-            .map_err(io("reading a segment"))?;
-        let batch = match read_frame(&mut file, lent.after.offset - start.offset).map_err(io("reading a segment"))? {
-            Frame::Good { payload, .. } => SpooledBatch::decode(&payload),
-            Frame::End | Frame::Bad(_) => None,
-        };
-        let Some(batch) = batch else {
-            self.lost.push(Loss {
-                segment: start.segment,
-                offset: start.offset,
-                bytes: lent.after.offset - start.offset,
-                rows: None,
-                reason: "a batch that no longer reads back (changed on disk since it was written)",
-            });
-            return Ok(None);
-        };
-        segment.read_batches += 1;
-        segment.read_rows += u64::from(lent.rows);
-        self.lent.insert(start, lent);
-        Ok(Some(batch))
-    }
-
-    /// Moves `read` to a frame start in a segment that exists: past the end of its segment (or
-    /// from a segment dropped to make room) to the next one. False when there is none.
-    fn normalize_read(&mut self) -> bool {
-        loop {
-            match self.segments.iter().find(|s| s.id == self.read.segment) {
-                Some(segment) if self.read.offset < segment.len => return true,
-                Some(segment) if self.segments.back().is_some_and(|last| last.id == segment.id) => return false,
-                Some(segment) => {
-                    let id = segment.id;
-                    self.move_read_to_next(id);
-                }
-                // Its segment was dropped to make room: go on with the next one, if any.
-                None => match self.segments.iter().find(|s| s.id > self.read.segment) {
-                    Some(next) => {
-                        self.read = Position {
-                            segment: next.id,
-                            offset: MAGIC_LEN,
-                        };
-                        self.reader = None;
-                    }
-                    None => return false,
-                },
-            }
-        }
-    }
-
-    /// Steps `read` over frames lent as they were written, as long as it stands at one.
-    fn step_over_ahead(&mut self) {
-        while self.normalize_read() {
-            let Some(after) = self.ahead.remove(&self.read) else {
-                return;
-            };
-            self.skip_reader_to(after);
-        }
-    }
-
-    fn skip_reader_to(&mut self, after: Position) {
-        let skip = after.offset.saturating_sub(self.read.offset);
-        let same = after.segment == self.read.segment;
-        match self.reader.as_mut() {
-            Some((id, reader)) if same && *id == after.segment => {
-                if reader.seek_relative(skip as i64).is_err() {
-                    self.reader = None;
-                }
-            }
-            _ => self.reader = None,
-        }
-        self.read = after;
-    }
-
-    fn move_read_to_next(&mut self, after: u64) {
-        self.reader = None;
-        if let Some(next) = self.segments.iter().find(|s| s.id > after) {
-            self.read = Position {
-                segment: next.id,
-                offset: MAGIC_LEN,
-            };
-        }
-    }
-
-    /// The lent batch at `start` was confirmed by the service, or refused for good: it leaves
-    /// the spool. The cursor moves past every frame before the first one still unconfirmed;
-    /// segments it passes are deleted (the cursor file is written first). Otherwise the cursor
-    /// file is written at the next [`save_cursor`](Self::save_cursor). False if the batch was
-    /// not lent (its segment was dropped to make room meanwhile).
-    pub(crate) fn settle(&mut self, start: Position) -> Result<bool, SpoolError> {
-        let found = self.lent.remove(&start).is_some();
-        let unconfirmed = [self.lent.keys().next(), self.returned.keys().next()]
-            .into_iter()
-            .flatten()
-            .copied()
-            .chain(std::iter::once(self.read))
-            .min()
-            .expect("read is always there");
-        self.acked = self.acked.max(unconfirmed);
-        let passes_a_segment = self.segments.len() > 1
-            && self.segments.front().is_some_and(|s| {
-                s.id < self.acked.segment || (s.id == self.acked.segment && self.acked.offset >= s.len)
-            });
-        if passes_a_segment {
-            self.save_cursor()?;
-        }
-        Ok(found)
-    }
-
-    /// Writes the cursor file if the cursor moved since it was last written, then deletes the
-    /// segments it has passed.
-    pub(crate) fn save_cursor(&mut self) -> Result<(), SpoolError> {
-        if self.acked <= self.saved {
-            return Ok(());
-        }
-        cursor::write(&*self.disk, &self.dir, self.acked).map_err(|source| SpoolError::Io {
-            what: "writing the cursor",
-            path: self.dir.join(cursor::CURSOR),
-            source,
-        })?;
-        self.saved = self.acked;
-        while let Some(oldest) = self.segments.front() {
-            let passed = oldest.id < self.saved.segment
-                || (oldest.id == self.saved.segment && self.saved.offset >= oldest.len && self.segments.len() > 1);
-            if !passed {
-                break;
-            }
-            let oldest = self.segments.pop_front().expect("checked");
-            self.delete_segment(&oldest)?;
-        }
-        Ok(())
-    }
-
-    fn delete_segment(&mut self, segment: &Segment) -> Result<(), SpoolError> {
-        if self.reader.as_ref().is_some_and(|(id, _)| *id == segment.id) {
-            self.reader = None;
-        }
-        let path = self.dir.join(segment_name(segment.id));
-        fs::remove_file(&path).map_err(|source| SpoolError::Io {
-            what: "deleting a segment",
-            path,
-            source,
-        })?;
-        self.bytes_on_disk -= segment.len;
-        Ok(())
-    }
-
-    /// The lent batch at `start` was not delivered: [`next`](Self::next) hands it out again,
-    /// before any batch not yet handed out. False when its segment is gone (dropped to make
-    /// room meanwhile): the batch is lost.
-    pub(crate) fn give_back(&mut self, start: Position) -> bool {
-        let Some(lent) = self.lent.remove(&start) else {
-            return false;
-        };
-        let Some(segment) = self.segments.iter_mut().find(|s| s.id == start.segment) else {
-            return false;
-        };
-        segment.read_batches = segment.read_batches.saturating_sub(1);
-        segment.read_rows = segment.read_rows.saturating_sub(u64::from(lent.rows));
-        self.unread += 1;
-        self.returned.insert(start, lent);
-        true
     }
 
     /// Whether segment `id` holds batches this process wrote (not an earlier one).

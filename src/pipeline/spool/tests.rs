@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::disk::RealDisk;
+use super::frame::{Frame, read_frame};
 use super::*;
 
 /// A temporary spool directory, removed on drop.
