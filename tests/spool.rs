@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tracing_azure_logs::emulator::{Emulator, FaultRates};
@@ -16,21 +15,7 @@ const RULE: &str = "dcr-spool";
 const STREAM: &str = "Custom-Spool_CL";
 const WAIT: Duration = Duration::from_secs(60);
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("tal-spool-it-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::TempDir;
 
 /// A pipeline whose retries give up after one second, with a spool in `dir`.
 fn pipeline(emu: &Emulator, dir: &TempDir) -> AzureLogsBuilder {

@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,22 +30,7 @@ const MAX_BYTES: u64 = 256 << 20;
 const RSS_LIMIT_KIB: u64 = 64 << 10;
 const WAIT: Duration = Duration::from_secs(120);
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("tal-backlog-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::TempDir;
 
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -62,8 +47,9 @@ fn dir_bytes(dir: &Path) -> u64 {
 #[test]
 fn an_outage_of_three_million_rows_loses_none_within_64_mib_and_max_bytes() {
     let _limit = common::Watchdog::start(Duration::from_secs(300));
-    let spool = TempDir::new("spool");
-    let persisted = TempDir::new("service");
+    let spool = TempDir::new("backlog-spool");
+    let persisted = TempDir::new("backlog-service");
+    std::fs::create_dir_all(&spool.0).unwrap();
     let emu = Emulator::builder()
         .token(TOKEN)
         .retain_rows(false)

@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,13 +28,7 @@ const RATE: u64 = 10_000;
 const MAX_DELAY: Duration = Duration::from_secs(1);
 const WAIT: Duration = Duration::from_secs(60);
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::TempDir;
 
 fn wait_until(what: &str, condition: impl Fn() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -70,8 +63,7 @@ fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
 #[test]
 fn sigkill_in_always_mode_loses_a_tail_within_max_delay_and_never_a_hole() {
     let _limit = common::time_limit();
-    let dir = TempDir(std::env::temp_dir().join(format!("tal-spool-kill-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let dir = TempDir::new("spool-kill");
     let emu = Emulator::builder().token(TOKEN).start().unwrap();
 
     let mut child = spawn("emit", &emu, &dir);
