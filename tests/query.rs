@@ -130,7 +130,7 @@ fn rows_shipped_by_the_layer_come_back_typed_and_decode_into_a_struct() {
 fn the_timespan_and_the_visibility_delay_decide_what_a_query_sees() {
     let _limit = common::time_limit();
     let emu = Emulator::builder()
-        .query_visibility_delay(Duration::from_millis(300))
+        .query_visibility_delay(Duration::from_secs(1))
         .start()
         .unwrap();
     let client = client(&emu);
