@@ -371,6 +371,14 @@ impl AzureLogsBuilder {
         self
     }
 
+    /// What Azure needs for this builder's rows: the table, the rule and the role, from the
+    /// columns as configured here (renamed, dropped and static columns included) and the stream
+    /// set with [`stream`](Self::stream). See [`Provisioning`](crate::provision::Provisioning).
+    pub fn provisioning(&self) -> Result<crate::provision::Provisioning, crate::provision::ProvisionError> {
+        let stream = self.stream.as_deref().unwrap_or_default();
+        crate::provision::Provisioning::for_columns(stream, &self.columns)
+    }
+
     /// Checks the settings, starts the worker thread, and returns the layer and its guard.
     pub fn build(self) -> Result<(AzureLogsLayer, AzureLogsGuard), ConfigError> {
         let missing = missing_vars([

@@ -63,6 +63,7 @@ mod init;
 mod layer;
 mod logger;
 mod pipeline;
+pub mod provision;
 pub mod query;
 mod route;
 pub mod row;

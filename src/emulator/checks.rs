@@ -18,7 +18,7 @@ pub(super) type Checked<T> = Result<T, Box<Response<Body>>>;
 pub(super) fn check_route(route: Route, path: &str, rec: &mut Recorder) -> Checked<(String, String)> {
     match route {
         Route::Upload { rule_id, stream } => Ok((rule_id, stream)),
-        Route::Query | Route::NotFound => Err(rec.refuse(
+        Route::Query | Route::Management(_) | Route::NotFound => Err(rec.refuse(
             404,
             "NotFound",
             &format!(
@@ -83,13 +83,14 @@ pub(super) fn check_token(authorized: bool, headers: &HeaderMap, rec: &mut Recor
 }
 
 /// The stream's declared schema, if streams are declared; 404 for an unknown rule or stream.
-pub(super) fn check_destination<'s>(
-    shared: &'s Shared,
+pub(super) fn check_destination(
+    shared: &Shared,
     rule_id: &str,
     stream: &str,
     rec: &mut Recorder,
-) -> Checked<Option<&'s super::schema::StreamSchema>> {
-    match shared.config.declarations.lookup(rule_id, stream) {
+) -> Checked<Option<std::sync::Arc<super::schema::StreamSchema>>> {
+    let found = shared.declarations().lookup(rule_id, stream);
+    match found {
         Lookup::Open => Ok(None),
         Lookup::Found(s) => Ok(Some(s)),
         Lookup::UnknownRule => Err(rec.refuse(

@@ -44,6 +44,14 @@
 //! accepted, with a KQL subset: see the README's "What it copies from the service",
 //! [`EmulatorBuilder::query_visibility_delay`] and [`EmulatorBuilder::query_limits`].
 //!
+//! And it answers the two management calls that set a destination up (Azure Resource Manager
+//! paths on the same listener): `PUT .../workspaces/{ws}/tables/{Name}_CL` and `PUT
+//! .../dataCollectionRules/{name}`, which checks the rule's data flows against the tables, answers
+//! with its `immutableId` and `endpoints.logsIngestion` (this server), and declares its streams.
+//! [`Emulator::deny_rule`] and [`EmulatorBuilder::role_propagation`] answer uploads with the
+//! service's 403 `OperationFailed` (`IsRbacPresent: False`), as a missing or not yet applied
+//! role does.
+//!
 //! Faults ([`Fault`], [`FaultRates`]) inject 429 (`Retry-After` or `retry-after-ms`), any status,
 //! latency, a dropped connection or a request held without an answer (a hang), scripted ([`Emulator::inject`]) or at seeded random rates.
 //!
@@ -92,6 +100,7 @@ mod credential;
 mod faults;
 mod ingest;
 mod kql;
+mod management;
 mod query;
 mod request;
 mod schema;
@@ -274,6 +283,18 @@ impl Emulator {
         self.shared.lock().faults.set_rates(rates);
     }
 
+    /// Refuses uploads to the rule with this immutable id with the service's 403
+    /// (`OperationFailed`, "... IsRbacPresent: False ..."), as when the identity has no role on
+    /// it; [`allow_rule`](Self::allow_rule) undoes it.
+    pub fn deny_rule(&self, immutable_id: &str) {
+        self.shared.resources().deny(immutable_id, true);
+    }
+
+    /// Accepts uploads to a rule [denied](Self::deny_rule) before.
+    pub fn allow_rule(&self, immutable_id: &str) {
+        self.shared.resources().deny(immutable_id, false);
+    }
+
     /// Removes scripted faults not yet used and the random rates.
     pub fn clear_faults(&self) {
         self.shared.lock().faults.clear();
@@ -331,6 +352,7 @@ pub struct EmulatorBuilder {
     query_visibility_delay: Duration,
     query_max_rows: usize,
     query_max_bytes: usize,
+    role_propagation: Duration,
 }
 
 impl Default for EmulatorBuilder {
@@ -349,6 +371,7 @@ impl Default for EmulatorBuilder {
             query_visibility_delay: Duration::ZERO,
             query_max_rows: DEFAULT_QUERY_MAX_ROWS,
             query_max_bytes: DEFAULT_QUERY_MAX_BYTES,
+            role_propagation: Duration::ZERO,
         }
     }
 }
@@ -369,6 +392,7 @@ impl std::fmt::Debug for EmulatorBuilder {
             .field("query_visibility_delay", &self.query_visibility_delay)
             .field("query_max_rows", &self.query_max_rows)
             .field("query_max_bytes", &self.query_max_bytes)
+            .field("role_propagation", &self.role_propagation)
             .finish()
     }
 }
@@ -481,6 +505,15 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Simulates a role assignment that takes `delay` to apply: a rule created through the
+    /// management route answers uploads with the service's 403 (`OperationFailed`, "...
+    /// IsRbacPresent: False ...") until `delay` after its creation. The service takes up to 30
+    /// minutes. Default zero.
+    pub fn role_propagation(mut self, delay: Duration) -> Self {
+        self.role_propagation = delay;
+        self
+    }
+
     /// Binds 127.0.0.1 and starts the server thread.
     pub fn start(self) -> Result<Emulator, EmulatorError> {
         if let Some(dir) = &self.persist_dir {
@@ -490,7 +523,7 @@ impl EmulatorBuilder {
             })?;
         }
         let config = Config {
-            declarations: self.declarations,
+            declarations: std::sync::RwLock::new(self.declarations),
             strict_schema: self.strict_schema,
             strict_size: self.strict_size,
             max_decompressed_bytes: self.max_decompressed_bytes,
@@ -500,6 +533,7 @@ impl EmulatorBuilder {
             query_visibility_delay: self.query_visibility_delay,
             query_max_rows: self.query_max_rows,
             query_max_bytes: self.query_max_bytes,
+            role_propagation: self.role_propagation,
         };
         let state = State {
             token: self.token.map(Secret::new),
@@ -511,11 +545,13 @@ impl EmulatorBuilder {
         };
         let shared = Arc::new(Shared::new(config, state));
         let (addr, server) = server::spawn(shared.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)))?;
-        Ok(Emulator {
+        let emulator = Emulator {
             credential: Arc::new(EmulatorCredential { shared: shared.clone() }),
             shared,
             addr,
             server,
-        })
+        };
+        let _ = emulator.shared.endpoint.set(emulator.endpoint());
+        Ok(emulator)
     }
 }

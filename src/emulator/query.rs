@@ -54,7 +54,7 @@ fn bad_argument(rec: &mut Recorder, inner_code: &str, message: &str) -> Box<Resp
     Box::new(json_response(400, &body, Some("BadArgumentError")))
 }
 
-fn json_response(status: u16, body: &Value, error_code: Option<&str>) -> Response<Body> {
+pub(super) fn json_response(status: u16, body: &Value, error_code: Option<&str>) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert(
@@ -123,13 +123,7 @@ fn run(
     }
 
     let query = kql::parse(&text).map_err(|e| bad_argument(rec, "SyntaxError", &e.0))?;
-    let declared_stream = |name: &str| {
-        shared
-            .config
-            .declarations
-            .stream_columns(name)
-            .map(|c| (name.to_owned(), c))
-    };
+    let declared_stream = |name: &str| shared.declarations().stream_columns(name).map(|c| (name.to_owned(), c));
     let custom = format!("Custom-{}", query.table);
     let stream = [custom.as_str(), query.table.as_str()]
         .into_iter()

@@ -120,6 +120,8 @@ pub(super) enum Route {
     },
     /// The Logs Query API: `/v1/workspaces/{id}/query`.
     Query,
+    /// A table or data collection rule (the management routes).
+    Management(super::management::Resource),
     NotFound,
     BadEncoding,
 }
@@ -145,7 +147,7 @@ pub(super) fn route(path: &str) -> Route {
         {
             Route::Query
         }
-        _ => Route::NotFound,
+        _ => super::management::resource(path).map_or(Route::NotFound, Route::Management),
     }
 }
 

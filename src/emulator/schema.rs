@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -141,15 +142,15 @@ pub(crate) struct StreamSchema {
 /// All declarations: rule id → stream name → columns.
 #[derive(Debug, Default)]
 pub(crate) struct Declarations {
-    rules: HashMap<String, HashMap<String, StreamSchema>>,
+    rules: HashMap<String, HashMap<String, Arc<StreamSchema>>>,
 }
 
 /// Result of looking a (rule, stream) pair up in the declarations.
-pub(crate) enum Lookup<'a> {
+pub(crate) enum Lookup {
     /// Nothing is declared: every rule and stream is accepted without a schema.
     Open,
     /// Declared.
-    Found(&'a StreamSchema),
+    Found(Arc<StreamSchema>),
     /// Declarations exist, but not for this rule.
     UnknownRule,
     /// The rule is declared, but not this stream.
@@ -162,7 +163,15 @@ impl Declarations {
             order: columns.iter().map(|c| c.name.clone()).collect(),
             columns: columns.into_iter().map(|c| (c.name, c.kind)).collect(),
         };
-        self.rules.entry(rule_id).or_default().insert(stream, schema);
+        self.rules.entry(rule_id).or_default().insert(stream, Arc::new(schema));
+    }
+
+    /// Replaces every stream of `rule_id` (a rule created again with other declarations).
+    pub(crate) fn replace_rule(&mut self, rule_id: &str, streams: Vec<(String, Vec<Column>)>) {
+        self.rules.remove(rule_id);
+        for (stream, columns) in streams {
+            self.declare(rule_id.to_owned(), stream, columns);
+        }
     }
 
     /// The columns (names and DCR types) of `stream` as declared for any rule, if it is.
@@ -177,7 +186,7 @@ impl Declarations {
         )
     }
 
-    pub(crate) fn lookup(&self, rule_id: &str, stream: &str) -> Lookup<'_> {
+    pub(crate) fn lookup(&self, rule_id: &str, stream: &str) -> Lookup {
         if self.rules.is_empty() {
             return Lookup::Open;
         }
@@ -185,7 +194,7 @@ impl Declarations {
             None => Lookup::UnknownRule,
             Some(streams) => match streams.get(stream) {
                 None => Lookup::UnknownStream,
-                Some(s) => Lookup::Found(s),
+                Some(s) => Lookup::Found(s.clone()),
             },
         }
     }

@@ -19,6 +19,7 @@ use super::EmulatorError;
 use super::checks::{check_api_version, check_destination, check_method, check_route, check_size, check_token, decode};
 use super::faults::{Fault, status_error_code};
 use super::ingest::ingest;
+use super::management::check_access;
 use super::request::{
     Body, BodyRead, DRAIN_LIMIT, MAX_CONTENT_LENGTH, Recorder, Route, api_version, bearer_matches, no_content,
     read_body, route,
@@ -209,18 +210,25 @@ async fn handle(
     if let Some(answer) = apply_fault(fault, &mut rec, &mut shutdown).await? {
         return Ok(answer);
     }
-    if matches!(route, Route::Query) {
-        return Ok(super::query::answer(&shared, &parts, body, authorized, &mut rec));
-    }
+    let route = match route {
+        Route::Query => return Ok(super::query::answer(&shared, &parts, body, authorized, &mut rec)),
+        Route::Management(resource) => {
+            return Ok(super::management::answer(
+                &shared, &parts, resource, body, authorized, &mut rec,
+            ));
+        }
+        route => route,
+    };
     let answered = async {
         let (rule_id, stream) = check_route(route, parts.uri.path(), &mut rec)?;
         check_method(&parts.method, &mut rec)?;
         check_api_version(api_version.as_deref(), &mut rec)?;
         check_token(authorized, &parts.headers, &mut rec)?;
+        check_access(&shared, &rule_id, &mut rec)?;
         let schema = check_destination(&shared, &rule_id, &stream, &mut rec)?;
         let wire_body = check_size(body, &mut rec)?;
         let text = decode(&shared, wire_body, &mut rec)?;
-        match ingest(&shared, text, &stream, schema) {
+        match ingest(&shared, text, &stream, schema.as_deref()) {
             Ok((rows, chunk)) => {
                 rec.finish(Some(204), None, Some((&stream, rows, chunk)));
                 Ok(no_content())

@@ -5,12 +5,13 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use azure_core::credentials::Secret;
 
 use super::faults::{Fault, FaultPlan};
+use super::management::Resources;
 use super::schema::Declarations;
 
 /// One request as the emulator saw it, appended to the request log when the request ends
@@ -144,7 +145,8 @@ pub(crate) struct State {
 /// Settings fixed at start.
 #[derive(Debug)]
 pub(crate) struct Config {
-    pub(crate) declarations: Declarations,
+    /// Streams declared at start or by a rule's `PUT`.
+    pub(crate) declarations: RwLock<Declarations>,
     pub(crate) strict_schema: bool,
     pub(crate) strict_size: bool,
     pub(crate) max_decompressed_bytes: usize,
@@ -155,6 +157,8 @@ pub(crate) struct Config {
     pub(crate) query_visibility_delay: Duration,
     pub(crate) query_max_rows: usize,
     pub(crate) query_max_bytes: usize,
+    /// How long after its `PUT` a rule answers uploads with 403 (role assignment propagating).
+    pub(crate) role_propagation: Duration,
 }
 
 /// Everything the server and the handle share.
@@ -166,6 +170,10 @@ pub(crate) struct Shared {
     pub(crate) token_requests: AtomicU64,
     /// Open `<dir>/<stream>.jsonl` files.
     pub(crate) persist_files: Mutex<HashMap<String, File>>,
+    /// Tables and rules created through the management routes, and access denials.
+    pub(crate) resources: Mutex<Resources>,
+    /// The base URL clients reach the server at, set once it is bound.
+    pub(crate) endpoint: OnceLock<String>,
 }
 
 impl Shared {
@@ -176,7 +184,24 @@ impl Shared {
             changed: Condvar::new(),
             token_requests: AtomicU64::new(0),
             persist_files: Mutex::new(HashMap::new()),
+            resources: Mutex::new(Resources::default()),
+            endpoint: OnceLock::new(),
         }
+    }
+
+    /// The declared streams (a poisoned lock is used as is).
+    pub(crate) fn declarations(&self) -> RwLockReadGuard<'_, Declarations> {
+        self.config.declarations.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The declared streams, to change them.
+    pub(crate) fn declarations_mut(&self) -> RwLockWriteGuard<'_, Declarations> {
+        self.config.declarations.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The management resources (a poisoned lock is used as is).
+    pub(crate) fn resources(&self) -> MutexGuard<'_, Resources> {
+        self.resources.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Locks the state; a poisoned lock is used as is (the state stays consistent).

@@ -96,7 +96,7 @@ impl Columns {
     }
 
     /// Every column in use with its DCR type, defaults then statics, in row order.
-    fn typed(&self) -> impl Iterator<Item = (&str, &'static str)> {
+    pub(crate) fn typed(&self) -> impl Iterator<Item = (&str, &'static str)> {
         let statics = self.statics.iter().map(|(name, value)| {
             let kind = match value {
                 Value::Bool(_) => "boolean",
