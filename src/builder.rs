@@ -8,8 +8,8 @@ use azure_core::credentials::TokenCredential;
 use serde_json::Value;
 
 use crate::client::{
-    Audience, ClientSettings, FailedBatch, OnError, RetryPolicy, StaticTokenCredential, credential_from_env_with,
-    default_http_client,
+    Audience, CheckStep, ClientSettings, FailedBatch, Finding, HealthReport, OnError, RetryPolicy,
+    StaticTokenCredential, Step, Verdict, credential_from_env_with, default_http_client, run_blocking,
 };
 use crate::env::{ENV_EMULATOR_TOKEN, ENV_ENDPOINT, ENV_RULE_ID, ENV_STREAM, env_var, missing_vars};
 use crate::error::ConfigError;
@@ -377,6 +377,98 @@ impl AzureLogsBuilder {
     pub fn provisioning(&self) -> Result<crate::provision::Provisioning, crate::provision::ProvisionError> {
         let stream = self.stream.as_deref().unwrap_or_default();
         crate::provision::Provisioning::for_columns(stream, &self.columns)
+    }
+
+    /// Checks, before [`build`](Self::build), that rows would be delivered with these settings:
+    /// they are all set and well-formed, the credential gives a token, the endpoint answers, and
+    /// the service accepts an upload of `[]` to the stream and to every routed stream. Each
+    /// problem comes with a hint; print the report (`Display`) or act on
+    /// [`HealthReport::is_healthy`]. Blocks for a few requests, each bounded by the request
+    /// timeout; safe inside a tokio runtime. Starts nothing and stores nothing.
+    ///
+    /// ```no_run
+    /// let builder = tracing_azure_logs::AzureLogsBuilder::from_env()?;
+    /// let report = builder.check();
+    /// eprintln!("{report}");
+    /// if !report.is_healthy() {
+    ///     std::process::exit(1);
+    /// }
+    /// # Ok::<(), tracing_azure_logs::client::ConfigError>(())
+    /// ```
+    pub fn check(&self) -> HealthReport {
+        let endpoint = self.endpoint.clone().unwrap_or_default();
+        let report = |steps: Vec<CheckStep>| HealthReport {
+            endpoint: endpoint.clone(),
+            steps,
+        };
+        let settings_problem = |detail: String, hint: String| {
+            report(vec![CheckStep::problem(
+                Step::Settings,
+                Verdict::Fail,
+                Finding::Settings,
+                detail,
+                hint,
+            )])
+        };
+        let settings_set = || {
+            CheckStep::pass(
+                Step::Settings,
+                "endpoint, rule and stream are set and well-formed".into(),
+            )
+        };
+        let missing = missing_vars([
+            ("endpoint", &self.endpoint),
+            ("rule_id", &self.rule_id),
+            ("stream", &self.stream),
+        ]);
+        if !missing.is_empty() {
+            return settings_problem(
+                format!("not set: {}", missing.join(", ")),
+                format!(
+                    "set them on the builder, or set {ENV_ENDPOINT}, {ENV_RULE_ID} and {ENV_STREAM} and use \
+                     AzureLogsBuilder::from_env (the provisioning commands print all three)"
+                ),
+            );
+        }
+        let mut settings = self.client.clone();
+        let http = match &settings.http {
+            Some(http) => http.clone(),
+            None => match default_http_client() {
+                Ok(http) => http,
+                Err(e) => return settings_problem(e.to_string(), "the HTTP client could not be built".into()),
+            },
+        };
+        settings.http = Some(http.clone());
+        let credential = match &self.credential {
+            Some(credential) => credential.clone(),
+            None => match credential_from_env_with(&http) {
+                Ok(credential) => credential,
+                Err(e) => {
+                    let message = e.to_string();
+                    let hint = crate::client::credential_hint(&message, settings.audience.scope());
+                    let failed =
+                        CheckStep::problem(Step::Credential, Verdict::Fail, Finding::Credential, message, hint);
+                    return report(vec![settings_set(), failed]);
+                }
+            },
+        };
+        let client = match settings.build(&endpoint, credential) {
+            Ok(client) => client,
+            Err(e) => return settings_problem(e.to_string(), "fix the setting the error names".into()),
+        };
+        let rule_id = self.rule_id.clone().unwrap_or_default();
+        let mut streams = vec![self.stream.clone().unwrap_or_default()];
+        let routed = self.target_routes.iter().map(|(_, s)| s);
+        let fields = self.field_route.iter().flat_map(|(_, streams)| streams);
+        for stream in routed.chain(fields) {
+            if !streams.contains(stream) {
+                streams.push(stream.clone());
+            }
+        }
+        let streams: Vec<(String, String)> = streams.into_iter().map(|s| (rule_id.clone(), s)).collect();
+        let mut checked = run_blocking(async move { client.check_streams(&streams).await });
+        checked.steps.insert(0, settings_set());
+        checked
     }
 
     /// Checks the settings, starts the worker thread, and returns the layer and its guard.

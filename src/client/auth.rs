@@ -340,6 +340,11 @@ impl TokenCache {
         }
     }
 
+    /// The scope tokens are asked for.
+    pub(crate) fn scope(&self) -> &str {
+        &self.scope
+    }
+
     /// Times the credential was asked for a token.
     pub(crate) fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)

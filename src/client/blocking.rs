@@ -25,7 +25,7 @@ impl LogsIngestionClient {
 }
 
 /// Runs `future` on a shared background runtime and waits for it on this thread.
-fn run_blocking<F, T>(future: F) -> T
+pub(crate) fn run_blocking<F, T>(future: F) -> T
 where
     F: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,

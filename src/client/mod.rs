@@ -27,7 +27,9 @@
 mod auth;
 pub(crate) mod batch;
 mod blocking;
+mod check;
 mod error;
+mod health;
 mod retry;
 mod send;
 mod settings;
@@ -51,6 +53,8 @@ pub use auth::{
 };
 pub use batch::MAX_BODY_BYTES;
 pub use error::{FailedBatch, FailureReason, UploadError};
+pub(crate) use health::credential_hint;
+pub use health::{CheckStep, Finding, HealthReport, Step, Verdict};
 pub use retry::RetryPolicy;
 pub(crate) use send::{SendOutcome, json_post, read_at_most, row_too_large, unanswered};
 pub(crate) use settings::{ClientSettings, parse_endpoint};
@@ -58,6 +62,7 @@ pub use settings::{LogsIngestionClientBuilder, default_http_client};
 
 pub(crate) use auth::{CachedToken, TokenCache};
 use batch::{Batch, BatchBuilder, Compressed, Push, compress_fitting};
+pub(crate) use blocking::run_blocking;
 pub(crate) use retry::{StatusClass, classify, retry_after};
 
 use crate::row::json::{lossy, serialize_row};

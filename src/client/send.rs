@@ -277,7 +277,7 @@ async fn rejection(status: u16, response: reqwest::Response) -> FailureReason {
 }
 
 /// `(code, message)` from the service's `{"error":{"code","message"}}` body and `x-ms-error-code`.
-async fn error_body(response: reqwest::Response) -> (Option<String>, String) {
+pub(crate) async fn error_body(response: reqwest::Response) -> (Option<String>, String) {
     let header_code = response
         .headers()
         .get("x-ms-error-code")

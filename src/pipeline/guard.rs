@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use crate::client::LogsIngestionClient;
+use crate::client::{HealthReport, LogsIngestionClient, run_blocking};
 use crate::pipeline::destinations::{Destinations, StreamStats};
 use crate::pipeline::queue::Queue;
 use crate::pipeline::stats::{FlushReport, Incomplete, Outcomes, Stats, StatsHandle};
@@ -56,6 +56,21 @@ impl AzureLogsGuard {
     /// is the bound of the flush that dropping the guard does.)
     pub fn flush_within(&self, timeout: Duration) -> FlushReport {
         self.settle(Some(timeout))
+    }
+
+    /// Checks the running pipeline's configuration: a token, the endpoint, and an upload of `[]`
+    /// to every stream rows have gone or can go to (the main one, routes and tables), with a
+    /// hint for each problem (see [`LogsIngestionClient::check`]). Blocks the calling thread for
+    /// a few requests (each bounded by the request timeout); uploads go on meanwhile.
+    pub fn check(&self) -> HealthReport {
+        let streams: Vec<(String, String)> = self
+            .destinations
+            .snapshot()
+            .into_iter()
+            .map(|s| (s.rule_id, s.stream))
+            .collect();
+        let client = self.client.clone();
+        run_blocking(async move { client.check_streams(&streams).await })
     }
 
     /// The counts so far.
