@@ -20,7 +20,7 @@
 //! [role propagation delay](super::EmulatorBuilder::role_propagation) ago, answers uploads with
 //! the service's 403 `OperationFailed` ("... IsRbacPresent: False ...").
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use hyper::Response;
@@ -28,92 +28,12 @@ use serde_json::{Value, json};
 
 use super::checks::{Checked, check_token};
 use super::query::json_response;
-use super::request::{Body, BodyRead, Recorder, percent_decode};
+use super::request::{Body, BodyRead, Recorder, Resource};
 use super::schema::{Column, ColumnType};
-use super::state::Shared;
-
-/// A management resource path.
-#[derive(Debug)]
-pub(super) enum Resource {
-    /// A workspace table: `workspace` is the workspace's resource id, lower-cased.
-    Table { workspace: String, name: String },
-    /// A data collection rule: `id` is its resource id, lower-cased.
-    Rule { id: String, name: String },
-}
-
-/// The resource a path names, if it is one of the two.
-pub(super) fn resource(path: &str) -> Option<Resource> {
-    let parts: Vec<String> = path
-        .trim_start_matches('/')
-        .split('/')
-        .map(percent_decode)
-        .collect::<Option<_>>()?;
-    let is = |i: usize, name: &str| parts.get(i).is_some_and(|p| p.eq_ignore_ascii_case(name));
-    let base = is(0, "subscriptions") && is(2, "resourceGroups") && is(4, "providers");
-    if !base || parts.iter().any(String::is_empty) {
-        return None;
-    }
-    let id = |n: usize| format!("/{}", parts[..n].join("/")).to_ascii_lowercase();
-    match parts.len() {
-        10 if is(5, "Microsoft.OperationalInsights") && is(6, "workspaces") && is(8, "tables") => {
-            Some(Resource::Table {
-                workspace: id(8),
-                name: parts[9].clone(),
-            })
-        }
-        8 if is(5, "Microsoft.Insights") && is(6, "dataCollectionRules") => Some(Resource::Rule {
-            id: id(8),
-            name: parts[7].clone(),
-        }),
-        _ => None,
-    }
-}
-
-/// What the management routes created, and which rules refuse uploads.
-#[derive(Debug, Default)]
-pub(crate) struct Resources {
-    /// (workspace id, table name) → the table as put, and its columns.
-    tables: HashMap<(String, String), Table>,
-    /// Rule resource id → the rule.
-    rules: HashMap<String, Rule>,
-    /// Immutable ids of denied rules.
-    denied: HashSet<String>,
-}
-
-/// A table as put, and its columns (name, lower-cased type).
-#[derive(Debug)]
-struct Table {
-    body: Value,
-    columns: Vec<(String, String)>,
-}
+use super::state::{Rule, Shared, Table};
 
 /// A rule's declared streams.
 type Streams = Vec<(String, Vec<Column>)>;
-
-#[derive(Debug)]
-struct Rule {
-    immutable_id: String,
-    created: Instant,
-    body: Value,
-}
-
-impl Resources {
-    pub(crate) fn deny(&mut self, immutable_id: &str, denied: bool) {
-        if denied {
-            self.denied.insert(immutable_id.to_owned());
-        } else {
-            self.denied.remove(immutable_id);
-        }
-    }
-
-    /// The resource id of the rule with this immutable id, if it was created here.
-    fn rule_id_of(&self, immutable_id: &str) -> Option<&str> {
-        self.rules
-            .iter()
-            .find(|(_, r)| r.immutable_id == immutable_id)
-            .map(|(id, _)| id.as_str())
-    }
-}
 
 /// The service's 403 for a rule whose token holder has no role on it.
 fn forbidden(rec: &mut Recorder, immutable_id: &str, rule_arm_id: &str) -> Box<Response<Body>> {
@@ -457,29 +377,4 @@ fn rule_streams(shared: &Shared, body: &Value) -> Result<Streams, (&'static str,
         }
     }
     Ok(streams)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resource_paths() {
-        let table =
-            "/subscriptions/s1/resourceGroups/RG/providers/Microsoft.OperationalInsights/workspaces/ws/tables/App_CL";
-        match resource(table) {
-            Some(Resource::Table { workspace, name }) => {
-                assert_eq!(
-                    workspace,
-                    "/subscriptions/s1/resourcegroups/rg/providers/microsoft.operationalinsights/workspaces/ws"
-                );
-                assert_eq!(name, "App_CL");
-            }
-            other => panic!("not a table: {other:?}"),
-        }
-        let rule = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Insights/dataCollectionRules/my-dcr";
-        assert!(matches!(resource(rule), Some(Resource::Rule { name, .. }) if name == "my-dcr"));
-        assert!(resource("/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Insights/other/x").is_none());
-        assert!(resource("/dataCollectionRules/dcr-1/streams/Custom-A_CL").is_none());
-    }
 }

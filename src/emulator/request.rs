@@ -121,7 +121,7 @@ pub(super) enum Route {
     /// The Logs Query API: `/v1/workspaces/{id}/query`.
     Query,
     /// A table or data collection rule (the management routes).
-    Management(super::management::Resource),
+    Management(Resource),
     NotFound,
     BadEncoding,
 }
@@ -147,7 +147,44 @@ pub(super) fn route(path: &str) -> Route {
         {
             Route::Query
         }
-        _ => super::management::resource(path).map_or(Route::NotFound, Route::Management),
+        _ => resource(path).map_or(Route::NotFound, Route::Management),
+    }
+}
+
+/// A management resource path.
+#[derive(Debug)]
+pub(crate) enum Resource {
+    /// A workspace table: `workspace` is the workspace's resource id, lower-cased.
+    Table { workspace: String, name: String },
+    /// A data collection rule: `id` is its resource id, lower-cased.
+    Rule { id: String, name: String },
+}
+
+/// The resource a path names, if it is one of the two.
+pub(super) fn resource(path: &str) -> Option<Resource> {
+    let parts: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect::<Option<_>>()?;
+    let is = |i: usize, name: &str| parts.get(i).is_some_and(|p| p.eq_ignore_ascii_case(name));
+    let base = is(0, "subscriptions") && is(2, "resourceGroups") && is(4, "providers");
+    if !base || parts.iter().any(String::is_empty) {
+        return None;
+    }
+    let id = |n: usize| format!("/{}", parts[..n].join("/")).to_ascii_lowercase();
+    match parts.len() {
+        10 if is(5, "Microsoft.OperationalInsights") && is(6, "workspaces") && is(8, "tables") => {
+            Some(Resource::Table {
+                workspace: id(8),
+                name: parts[9].clone(),
+            })
+        }
+        8 if is(5, "Microsoft.Insights") && is(6, "dataCollectionRules") => Some(Resource::Rule {
+            id: id(8),
+            name: parts[7].clone(),
+        }),
+        _ => None,
     }
 }
 
@@ -299,5 +336,25 @@ mod tests {
         assert_eq!(api_version(Some("api%2Dversion=x")).as_deref(), Some("x"));
         assert_eq!(api_version(Some("apiversion=x")), None);
         assert_eq!(api_version(None), None);
+    }
+
+    #[test]
+    fn resource_paths() {
+        let table =
+            "/subscriptions/s1/resourceGroups/RG/providers/Microsoft.OperationalInsights/workspaces/ws/tables/App_CL";
+        match resource(table) {
+            Some(Resource::Table { workspace, name }) => {
+                assert_eq!(
+                    workspace,
+                    "/subscriptions/s1/resourcegroups/rg/providers/microsoft.operationalinsights/workspaces/ws"
+                );
+                assert_eq!(name, "App_CL");
+            }
+            other => panic!("not a table: {other:?}"),
+        }
+        let rule = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Insights/dataCollectionRules/my-dcr";
+        assert!(matches!(resource(rule), Some(Resource::Rule { name, .. }) if name == "my-dcr"));
+        assert!(resource("/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Insights/other/x").is_none());
+        assert!(resource("/dataCollectionRules/dcr-1/streams/Custom-A_CL").is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! State shared between the handle and the server thread: accepted rows, the request log,
 //! counters, the token and the fault plan.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -9,9 +9,9 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLoc
 use std::time::{Duration, Instant, SystemTime};
 
 use azure_core::credentials::Secret;
+use serde_json::Value;
 
 use super::faults::{Fault, FaultPlan};
-use super::management::Resources;
 use super::schema::Declarations;
 
 /// One request as the emulator saw it, appended to the request log when the request ends
@@ -174,6 +174,51 @@ pub(crate) struct Shared {
     pub(crate) resources: Mutex<Resources>,
     /// The base URL clients reach the server at, set once it is bound.
     pub(crate) endpoint: OnceLock<String>,
+}
+
+/// What the management routes created, and which rules refuse uploads.
+#[derive(Debug, Default)]
+pub(crate) struct Resources {
+    /// (workspace id, table name) → the table as put, and its columns.
+    pub(crate) tables: HashMap<(String, String), Table>,
+    /// Rule resource id → the rule.
+    pub(crate) rules: HashMap<String, Rule>,
+    /// Immutable ids of denied rules.
+    pub(crate) denied: HashSet<String>,
+}
+
+/// A table as put, and its columns (name, lower-cased type).
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub(crate) body: Value,
+    pub(crate) columns: Vec<(String, String)>,
+}
+
+/// A rule as put.
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub(crate) immutable_id: String,
+    pub(crate) created: Instant,
+    pub(crate) body: Value,
+}
+
+impl Resources {
+    /// Marks a rule denied, or not.
+    pub(crate) fn deny(&mut self, immutable_id: &str, denied: bool) {
+        if denied {
+            self.denied.insert(immutable_id.to_owned());
+        } else {
+            self.denied.remove(immutable_id);
+        }
+    }
+
+    /// The resource id of the rule with this immutable id, if it was created here.
+    pub(crate) fn rule_id_of(&self, immutable_id: &str) -> Option<&str> {
+        self.rules
+            .iter()
+            .find(|(_, r)| r.immutable_id == immutable_id)
+            .map(|(id, _)| id.as_str())
+    }
 }
 
 impl Shared {
