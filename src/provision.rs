@@ -362,9 +362,10 @@ impl Provisioning {
         let group = format!("/subscriptions/{subscription}/resourceGroups/{resource_group}");
         let workspace_id = target.workspace_resource_id();
         let rule_id = format!("{group}/providers/Microsoft.Insights/dataCollectionRules/{rule_name}");
-        let assignee = assignee
-            .clone()
-            .unwrap_or_else(|| "$(az ad signed-in-user show --query id -o tsv)".to_owned());
+        let (assignee, principal_type) = match assignee {
+            Some(id) => (id.clone(), "ServicePrincipal"),
+            None => ("$(az ad signed-in-user show --query id -o tsv)".to_owned(), "User"),
+        };
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -380,7 +381,10 @@ impl Provisioning {
             "# The role takes up to 30 minutes to apply: uploads get 403 until then."
         );
         let _ = writeln!(s, "set -euo pipefail");
-        let _ = writeln!(s, "ASSIGNEE=\"{assignee}\"   # object id of the identity that uploads");
+        let _ = writeln!(
+            s,
+            "ASSIGNEE=\"{assignee}\"   # object id of the identity that uploads ({principal_type})"
+        );
         let _ = writeln!(s);
         let _ = writeln!(s, "# 1. The table (body: table.json)");
         let _ = writeln!(
@@ -398,9 +402,12 @@ impl Provisioning {
         let _ = writeln!(s, "# 3. The role on the rule: Monitoring Metrics Publisher");
         let _ = writeln!(
             s,
-            "az role assignment create --assignee-object-id \"$ASSIGNEE\" --assignee-principal-type ServicePrincipal \\\n  --role {PUBLISHER_ROLE_ID} --scope \"{rule_id}\""
+            "az role assignment create --assignee-object-id \"$ASSIGNEE\" --assignee-principal-type {principal_type} \\\n  --role {PUBLISHER_ROLE_ID} --scope \"{rule_id}\""
         );
-        let _ = writeln!(s, "# (a user, not a service principal: --assignee-principal-type User)");
+        let _ = writeln!(
+            s,
+            "# (a managed identity or an app registration is a ServicePrincipal; a person, a User)"
+        );
         let _ = writeln!(s);
         let _ = writeln!(s, "# 4. The settings tracing-azure-logs reads");
         let _ = writeln!(
