@@ -4,7 +4,9 @@
 //! request), with one pipeline for both threads and with one per thread; then heap allocations per event on the emitting thread, counted by a
 //! per-thread counting global allocator, and the worker's wake-ups while events flow.
 //!
-//! `cargo bench --bench layer` (criterion; `-- one_thread` etc. filters). The allocation report
+//! `cargo bench --bench layer` (criterion; `-- one_thread` etc. filters). With `--features
+//! opentelemetry`, two more subjects: the layer beside tracing-opentelemetry's, with the trace
+//! columns (`azure_logs_otel`) and with them dropped (`azure_logs_otel_off`). The allocation report
 //! is printed first, the criterion groups follow, and a summary with the ratios comes last.
 //!
 //! Honesty of the layer's figures: events are emitted in chunks of [`chunk`] per thread (well
@@ -598,6 +600,36 @@ fn nested_variant(emu: &Emulator, name: &'static str, poll: Option<u64>) -> Vari
     }
 }
 
+/// This layer and tracing-opentelemetry's (spans only, into an SDK tracer without exporter),
+/// with the trace columns or without them.
+#[cfg(feature = "opentelemetry")]
+fn traced_variant(emu: &Emulator, name: &'static str, ids: bool) -> Variant {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_azure_logs::Column;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let builder = common::builder(emu);
+    let builder = if ids {
+        builder
+    } else {
+        builder.drop_column(Column::TraceId).drop_column(Column::SpanId)
+    };
+    let (layer, guard) = builder.build().expect("pipeline builds");
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("bench"))
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.is_span()));
+    Variant {
+        name,
+        dispatch: Dispatch::new(tracing_subscriber::registry().with(layer).with(otel)),
+        second: None,
+        server: None,
+        poll: None,
+        guard: Some(guard),
+    }
+}
+
 fn main() {
     let emu = common::emulator();
     let (layer, guard) = common::layer_dispatch(common::builder(&emu));
@@ -650,6 +682,14 @@ fn main() {
     // entered for 4 events at a time, as a task's span is at each poll.
     variants.push(nested_variant(&emu, "azure_logs_nested", None));
     variants.push(nested_variant(&emu, "azure_logs_polled", Some(4)));
+    // Feature `opentelemetry`: the layer beside tracing-opentelemetry's (which only sees spans,
+    // so its cost per event is none), with the trace columns and with them dropped: the
+    // difference is what the columns cost an event.
+    #[cfg(feature = "opentelemetry")]
+    {
+        variants.push(traced_variant(&emu, "azure_logs_otel", true));
+        variants.push(traced_variant(&emu, "azure_logs_otel_off", false));
+    }
     let stalled = common::emulator();
     let (full, full_guard) = full_queue_pipeline(&stalled);
     let (full_a, full_guard_a) = full_queue_pipeline(&stalled);

@@ -42,6 +42,14 @@ pub enum Column {
     Properties,
     /// `Spans`.
     Spans,
+    /// `TraceId` (feature `opentelemetry`); rename it to `OperationId` for the Application
+    /// Insights name.
+    #[cfg(feature = "opentelemetry")]
+    TraceId,
+    /// `SpanId` (feature `opentelemetry`); rename it to `ParentId` for the Application Insights
+    /// name.
+    #[cfg(feature = "opentelemetry")]
+    SpanId,
     /// `File`.
     File,
     /// `Line`.
@@ -356,6 +364,10 @@ impl AzureLogsBuilder {
             Column::Message => &mut c.message,
             Column::Properties => &mut c.properties,
             Column::Spans => &mut c.spans,
+            #[cfg(feature = "opentelemetry")]
+            Column::TraceId => &mut c.trace_id,
+            #[cfg(feature = "opentelemetry")]
+            Column::SpanId => &mut c.span_id,
             Column::File => &mut c.file,
             Column::Line => &mut c.line,
             Column::Thread => &mut c.thread,
@@ -575,12 +587,7 @@ impl AzureLogsBuilder {
             option: "worker",
             reason: format!("cannot start the worker thread: {e}"),
         })?;
-        let layer = AzureLogsLayer {
-            queue: queue.clone(),
-            shape,
-            routes: Arc::new(routes),
-            instance: None,
-        };
+        let layer = AzureLogsLayer::new(queue.clone(), shape, Arc::new(routes));
         let guard = AzureLogsGuard {
             queue,
             outcomes,

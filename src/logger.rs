@@ -109,6 +109,10 @@ fn encode_record(shape: &RowShape, row: &mut Vec<u8>, record: &Record<'_>, targe
         key(row, k);
         row.extend_from_slice(b"[]");
     }
+    // A record has no tracing span, but may come inside an OpenTelemetry span (one
+    // tracing-opentelemetry activated for the current tracing span, or the API's own).
+    #[cfg(feature = "opentelemetry")]
+    crate::row::trace_ids::write_current(shape, row);
     write_tail(shape, row, record.file(), record.line());
 }
 

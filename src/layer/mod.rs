@@ -27,9 +27,11 @@ use crate::row::json::key;
 mod callsite;
 mod span_fields;
 pub(crate) mod span_stack;
+#[cfg(feature = "opentelemetry")]
+mod trace_context;
 
 use callsite::{Callsite, append_members, cached};
-use span_fields::{SpanFields, write_event_scope};
+use span_fields::{SpanFields, write_scope_columns};
 
 /// Ships each event as a row to the Logs Ingestion API, through the pipeline that
 /// [`AzureLogsBuilder::build`](crate::AzureLogsBuilder::build) starts. Composes with `EnvFilter`,
@@ -47,6 +49,24 @@ pub struct AzureLogsLayer {
     /// that was never installed (one swapped in by `reload`, which does not call `on_layer`)
     /// keeps no stack and asks the registry instead.
     pub(crate) instance: Option<u64>,
+    /// The dispatch this layer is installed in, where the trace columns find tracing-
+    /// opentelemetry's span contexts; set by `on_register_dispatch`.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) dispatch: std::sync::OnceLock<tracing::dispatcher::WeakDispatch>,
+}
+
+impl AzureLogsLayer {
+    /// A layer not yet installed, pushing rows of `shape` into `queue`.
+    pub(crate) fn new(queue: Arc<Queue>, shape: Arc<RowShape>, routes: Arc<Routes>) -> AzureLogsLayer {
+        AzureLogsLayer {
+            queue,
+            shape,
+            routes,
+            instance: None,
+            #[cfg(feature = "opentelemetry")]
+            dispatch: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for AzureLogsLayer {
@@ -76,16 +96,29 @@ where
     /// its own (span ids are per subscriber).
     fn on_layer(&mut self, _: &mut S) {
         self.instance = Some(span_stack::next_layer_id());
+        #[cfg(feature = "opentelemetry")]
+        {
+            self.dispatch = std::sync::OnceLock::new();
+        }
+    }
+
+    #[cfg(feature = "opentelemetry")]
+    fn on_register_dispatch(&self, dispatch: &tracing::Dispatch) {
+        let _ = self.dispatch.set(dispatch.downgrade());
     }
 
     fn on_enter(&self, id: &Id, _: Context<'_, S>) {
-        if let (Some(layer), Some(_)) = (self.instance, &self.shape.spans) {
+        if let Some(layer) = self.instance
+            && self.shape.scoped()
+        {
             span_stack::enter(layer, id);
         }
     }
 
     fn on_exit(&self, id: &Id, _: Context<'_, S>) {
-        if let (Some(layer), Some(_)) = (self.instance, &self.shape.spans) {
+        if let Some(layer) = self.instance
+            && self.shape.scoped()
+        {
             span_stack::exit(layer, id);
         }
     }
@@ -247,10 +280,8 @@ impl AzureLogsLayer {
                 row.extend_from_slice(message);
             }
         }
-        if let Some(k) = &shape.spans {
-            key(row, k);
-            write_event_scope(self.instance, row, event, ctx);
-            row.push(b']');
+        if shape.scoped() {
+            write_scope_columns(self, row, event, ctx);
         }
         match callsite {
             Some(c) => append_members(row, &c.tail),

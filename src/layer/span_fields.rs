@@ -8,9 +8,11 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
-use super::span_stack;
+use super::{AzureLogsLayer, span_stack};
+#[cfg(feature = "opentelemetry")]
+use super::{callsite::append_members, trace_context};
 use crate::row::fields::FieldSink;
-use crate::row::json::write_str;
+use crate::row::json::{key, write_str};
 
 /// A span's fields, encoded once: `{"name":"request","fields":{"method":"GET"}}`.
 #[derive(Clone)]
@@ -59,43 +61,80 @@ impl FieldSink for &mut SpanFields {
     }
 }
 
-/// Writes `[` and the encoded spans of the event's scope (the spans `Context::event_scope`
-/// names), root first. For an event in the current span, from the scope cached in this layer's
-/// own [`span_stack`] (not the registry's stack: see there why), encoded again when a span in
-/// it changed; otherwise (an explicit parent, or the stack cannot be read) from the registry.
-pub(super) fn write_event_scope<S>(layer: Option<u64>, row: &mut Vec<u8>, event: &Event<'_>, ctx: &Context<'_, S>)
+/// Writes the columns that come from the event's span: `Spans` (the spans `Context::event_scope`
+/// names, root first) and, with the feature `opentelemetry`, the trace columns. For an event in
+/// the current span, from the scope cached in this layer's own [`span_stack`] (not the registry's
+/// stack: see there why), encoded again when a span in it changed; otherwise (an explicit
+/// parent, or the stack cannot be read) from the registry.
+pub(super) fn write_scope_columns<S>(layer: &AzureLogsLayer, row: &mut Vec<u8>, event: &Event<'_>, ctx: &Context<'_, S>)
 where
     S: Subscriber + for<'l> LookupSpan<'l>,
 {
+    let shape = &*layer.shape;
     if event.is_contextual()
-        && let Some(layer) = layer
+        && let Some(instance) = layer.instance
     {
-        let cached = span_stack::with_current(layer, |id, scope| {
+        let cached = span_stack::with_current(instance, |id, scope| {
             if !scope.is_fresh() {
                 scope.clear();
-                scope.encoded.push(b'[');
+                if shape.spans.is_some() {
+                    scope.encoded.push(b'[');
+                }
                 // A span the registry no longer has (its guard was leaked, then it closed) is
                 // looked up again at the next event.
                 if let Some(leaf) = ctx.span(&id) {
-                    scope.leaf_versioned = leaf.extensions().get::<SpanFields>().is_some();
-                    write_scope(&mut scope.encoded, Some(&mut scope.versions), leaf, 0);
+                    #[cfg(feature = "opentelemetry")]
+                    {
+                        // Encoded apart from the row, so with a comma first (dropped after a `{`
+                        // when appended): `{` stands in for it while writing, as `key` wants.
+                        scope.ids.push(b'{');
+                        trace_context::write_span_ids(shape, &layer.dispatch, &leaf, &mut scope.ids);
+                        scope.ids[0] = b',';
+                        if scope.ids.len() == 1 {
+                            scope.ids.clear();
+                        }
+                    }
+                    if shape.spans.is_some() {
+                        scope.leaf_versioned = leaf.extensions().get::<SpanFields>().is_some();
+                        write_scope(&mut scope.encoded, Some(&mut scope.versions), leaf, 0);
+                    }
                     scope.valid = true;
                 }
             }
-            row.extend_from_slice(&scope.encoded);
+            if let Some(k) = &shape.spans {
+                key(row, k);
+                row.extend_from_slice(&scope.encoded);
+                row.push(b']');
+            }
+            #[cfg(feature = "opentelemetry")]
+            append_members(row, &scope.ids);
         });
         match cached {
             span_stack::Current::Span(()) => return,
             span_stack::Current::None => {
-                row.push(b'[');
+                if let Some(k) = &shape.spans {
+                    key(row, k);
+                    row.extend_from_slice(b"[]");
+                }
+                #[cfg(feature = "opentelemetry")]
+                crate::row::trace_ids::write_current(shape, row);
                 return;
             }
             span_stack::Current::Unknown => {}
         }
     }
-    row.push(b'[');
-    if let Some(leaf) = ctx.event_span(event) {
-        write_scope(row, None, leaf, 0);
+    if let Some(k) = &shape.spans {
+        key(row, k);
+        row.push(b'[');
+        if let Some(leaf) = ctx.event_span(event) {
+            write_scope(row, None, leaf, 0);
+        }
+        row.push(b']');
+    }
+    #[cfg(feature = "opentelemetry")]
+    match ctx.event_span(event) {
+        Some(leaf) => trace_context::write_span_ids(shape, &layer.dispatch, &leaf, row),
+        None => crate::row::trace_ids::write_current(shape, row),
     }
 }
 

@@ -16,7 +16,8 @@
 //! its slot and a read lock on its extensions, both atomic writes, which two threads with a
 //! common ancestor span (a server's, a task's) would otherwise both make on every event. The
 //! cache holds each span's [`Version`], which `on_record` and `on_close` advance, so a recorded
-//! field shows in the next event on every thread.
+//! field shows in the next event on every thread. With the trace columns, it also caches the
+//! span's OpenTelemetry ids, encoded; they never change, and go with the scope.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -37,6 +38,10 @@ pub(crate) struct Scope {
     /// The last version is the span's own: if the span closes and its id is reused, the scope
     /// goes stale, so it may be kept after an exit for the span's next enter.
     pub(crate) leaf_versioned: bool,
+    /// The trace columns of the entry's span (feature `opentelemetry`), encoded with a leading
+    /// comma; empty when the span has no OpenTelemetry context.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) ids: Vec<u8>,
 }
 
 impl Scope {
@@ -54,6 +59,8 @@ impl Scope {
         self.versions.clear();
         self.valid = false;
         self.leaf_versioned = false;
+        #[cfg(feature = "opentelemetry")]
+        self.ids.clear();
     }
 }
 

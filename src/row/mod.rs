@@ -11,6 +11,7 @@
 //! | `Message` | string | the `message` field |
 //! | `Properties` | dynamic | every other event field, typed (numbers stay numbers) |
 //! | `Spans` | dynamic | the span scope, root to leaf: `[{"name": ..., "fields": {...}}]` |
+//! | `TraceId`, `SpanId` | string, string | feature `opentelemetry`: the OpenTelemetry ids of the event's span (32 and 16 hex digits) |
 //! | `File`, `Line` | string, int | event location, when known |
 //! | `Thread` | string | thread name, or its id |
 //!
@@ -23,6 +24,8 @@ use serde_json::Value;
 pub(crate) mod encode;
 pub(crate) mod fields;
 pub(crate) mod json;
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod trace_ids;
 
 use json::write_str;
 
@@ -45,6 +48,15 @@ pub struct Columns {
     pub properties: Option<String>,
     /// The span scope, root to leaf. Default `Spans`.
     pub spans: Option<String>,
+    /// The OpenTelemetry trace id of the event's span, 32 lowercase hex digits, as
+    /// tracing-opentelemetry's layer gives it (feature `opentelemetry`). Default `TraceId`;
+    /// Application Insights calls it `OperationId`. Rows outside any traced span leave it out.
+    #[cfg(feature = "opentelemetry")]
+    pub trace_id: Option<String>,
+    /// The OpenTelemetry span id of the event's span, 16 lowercase hex digits (feature
+    /// `opentelemetry`). Default `SpanId`; Application Insights calls it `ParentId`.
+    #[cfg(feature = "opentelemetry")]
+    pub span_id: Option<String>,
     /// Source file. Default `File`.
     pub file: Option<String>,
     /// Source line. Default `Line`.
@@ -69,6 +81,10 @@ impl Default for Columns {
             message: name("Message"),
             properties: name("Properties"),
             spans: name("Spans"),
+            #[cfg(feature = "opentelemetry")]
+            trace_id: name("TraceId"),
+            #[cfg(feature = "opentelemetry")]
+            span_id: name("SpanId"),
             file: name("File"),
             line: name("Line"),
             thread: name("Thread"),
@@ -80,8 +96,8 @@ impl Default for Columns {
 
 impl Columns {
     /// The default columns with their DCR types, in row order (`None` where turned off).
-    fn defaults(&self) -> [(&Option<String>, &'static str); 10] {
-        [
+    fn defaults(&self) -> Vec<(&Option<String>, &'static str)> {
+        let mut columns = vec![
             (&self.time_generated, "datetime"),
             (&self.row_id, "long"),
             (&self.level, "string"),
@@ -89,10 +105,11 @@ impl Columns {
             (&self.message, "string"),
             (&self.properties, "dynamic"),
             (&self.spans, "dynamic"),
-            (&self.file, "string"),
-            (&self.line, "int"),
-            (&self.thread, "string"),
-        ]
+        ];
+        #[cfg(feature = "opentelemetry")]
+        columns.extend([(&self.trace_id, "string"), (&self.span_id, "string")]);
+        columns.extend([(&self.file, "string"), (&self.line, "int"), (&self.thread, "string")]);
+        columns
     }
 
     /// Every column in use with its DCR type, defaults then statics, in row order.
@@ -170,6 +187,10 @@ pub(crate) struct RowShape {
     pub(crate) message: Option<Box<[u8]>>,
     pub(crate) properties: Option<Box<[u8]>>,
     pub(crate) spans: Option<Box<[u8]>>,
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) trace_id: Option<Box<[u8]>>,
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) span_id: Option<Box<[u8]>>,
     pub(crate) file: Option<Box<[u8]>>,
     pub(crate) line: Option<Box<[u8]>>,
     pub(crate) thread: Option<Box<[u8]>>,
@@ -206,11 +227,31 @@ impl RowShape {
             message: key(&columns.message),
             properties: key(&columns.properties),
             spans: key(&columns.spans),
+            #[cfg(feature = "opentelemetry")]
+            trace_id: key(&columns.trace_id),
+            #[cfg(feature = "opentelemetry")]
+            span_id: key(&columns.span_id),
             file: key(&columns.file),
             line: key(&columns.line),
             thread: key(&columns.thread),
             statics: statics.into_boxed_slice(),
         }
+    }
+
+    /// Whether rows carry the trace columns (`TraceId`, `SpanId`); never without the
+    /// `opentelemetry` feature.
+    #[inline]
+    pub(crate) fn correlates(&self) -> bool {
+        #[cfg(feature = "opentelemetry")]
+        return self.trace_id.is_some() || self.span_id.is_some();
+        #[cfg(not(feature = "opentelemetry"))]
+        false
+    }
+
+    /// Whether rows need the event's span: for the `Spans` column or the trace columns.
+    #[inline]
+    pub(crate) fn scoped(&self) -> bool {
+        self.spans.is_some() || self.correlates()
     }
 }
 
@@ -232,22 +273,14 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(
-            names,
-            [
-                "TimeGenerated",
-                "Level",
-                "Target",
-                "Message",
-                "Properties",
-                "Spans",
-                "File",
-                "Line",
-                "Computer"
-            ]
-        );
+        let mut expected = vec!["TimeGenerated", "Level", "Target", "Message", "Properties", "Spans"];
+        #[cfg(feature = "opentelemetry")]
+        expected.extend(["TraceId", "SpanId"]);
+        expected.extend(["File", "Line", "Computer"]);
+        assert_eq!(names, expected);
         assert_eq!(decl["columns"][0]["type"], "datetime");
-        assert_eq!(decl["columns"][7]["type"], "int");
+        let line = names.iter().position(|n| *n == "Line").unwrap();
+        assert_eq!(decl["columns"][line]["type"], "int");
 
         let no_time = Columns {
             time_generated: None,
@@ -259,6 +292,10 @@ mod tests {
             schema["properties"]["schema"]["columns"][0],
             serde_json::json!({"name": "TimeGenerated", "type": "datetime"})
         );
-        assert_eq!(schema["properties"]["schema"]["columns"].as_array().unwrap().len(), 9);
+        let defaults = Columns::default().typed().count();
+        assert_eq!(
+            schema["properties"]["schema"]["columns"].as_array().unwrap().len(),
+            defaults
+        );
     }
 }
