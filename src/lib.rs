@@ -46,6 +46,13 @@
 //!   for at most the flush timeout, then stops. Events after that are counted as dropped.
 //! - **No feedback loop**: events emitted on the worker thread (by reqwest, hyper, h2, rustls,
 //!   azure_core) are never shipped.
+//!
+//! # Features
+//!
+//! - `emulator`: a local Logs Ingestion API server ([`emulator`]) for tests and examples.
+//! - `opentelemetry`: the `TraceId` and `SpanId` columns, the OpenTelemetry ids of each event's
+//!   span as tracing-opentelemetry 0.34's layer (in the same subscriber) keeps them; see
+//!   [`Columns::trace_id`](row::Columns).
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -75,7 +82,9 @@ pub mod log_bridge {
     //!
     //! A record becomes a row with the same columns as a tracing event: `Target` from the record's
     //! target, `File` and `Line` from its location, `Message` from its text, and its key-values (the
-    //! `kv` feature of `log`) as typed `Properties`. `Spans` is empty.
+    //! `kv` feature of `log`) as typed `Properties`. `Spans` is empty; with the feature
+    //! `opentelemetry`, `TraceId` and `SpanId` are those of the thread's current OpenTelemetry
+    //! context, when it has a span.
     //!
     //! # Shipped once, never twice
     //!
