@@ -267,7 +267,8 @@ fn print_banner(emulator: &Emulator, o: &Options) {
         println!("export AZURE_LOGS_EMULATOR_TOKEN={token}");
     }
     if o.entra {
-        println!("# ClientSecretCredential / EnvironmentCredential of any SDK (any tenant, id and secret):");
+        println!("# ClientSecretCredential of any SDK (any tenant, id and secret), instance discovery off:");
+        println!("# Python disable_instance_discovery=True, JS disableInstanceDiscovery: true");
         println!("export AZURE_AUTHORITY_HOST={endpoint}");
         println!("export AZURE_TENANT_ID={TENANT}");
         println!("export AZURE_CLIENT_ID=emulator-client");

@@ -7,9 +7,12 @@
 //!   `{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":..}` with the
 //!   emulator's current token (any client id and secret are accepted). Errors have Entra's shape,
 //!   `{"error":"invalid_request","error_description":"AADSTS900144: ..","error_codes":[900144]}`.
-//! - `GET /{tenant}/v2.0/.well-known/openid-configuration` and `GET /common/discovery/instance`:
-//!   the discovery documents MSAL (Python's and JavaScript's azure-identity) reads before asking
-//!   for a token, naming this server as the authority.
+//! - `GET /{tenant}/v2.0/.well-known/openid-configuration`: the document MSAL (under Python's and
+//!   JavaScript's azure-identity) reads before asking for a token, naming this server's token
+//!   endpoint. MSAL asks the *public cloud's* host for instance discovery of an unknown authority,
+//!   so those SDKs need it turned off (Python `disable_instance_discovery=True`, JS
+//!   `disableInstanceDiscovery: true`); `GET /common/discovery/instance` is answered here too,
+//!   for clients that ask the authority itself.
 //!
 //! [`EmulatorBuilder::entra`]: super::EmulatorBuilder::entra
 

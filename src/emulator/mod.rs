@@ -52,6 +52,19 @@
 //! service's 403 `OperationFailed` (`IsRbacPresent: False`), as a missing or not yet applied
 //! role does.
 //!
+//! # A local service for any Azure client
+//!
+//! - HTTPS ([`EmulatorBuilder::tls`], [`EmulatorTls`]): rustls, HTTP/1.1 and HTTP/2 (ALPN), a
+//!   generated CA and a certificate for `127.0.0.1` and `localhost`, or given PEM files. Every
+//!   route is then served over TLS only; [`Emulator::ca_pem`] / [`Emulator::ca_file`] give the
+//!   CA clients must trust. The official SDKs send a bearer token only over HTTPS.
+//! - [`EmulatorBuilder::any_token`] accepts any non-empty bearer token, and
+//!   [`EmulatorBuilder::entra`] serves the Entra token route (`POST /{tenant}/oauth2/v2.0/token`,
+//!   `client_credentials`), so `ClientSecretCredential` with its authority host set to the
+//!   endpoint works.
+//! - `GET /health` answers 200 `{"status":"ok",..}` (no token, not recorded).
+//! - The `azure-logs-emulator` binary ([`cli`]) runs all of this from the command line.
+//!
 //! Faults ([`Fault`], [`FaultRates`]) inject 429 (`Retry-After` or `retry-after-ms`), any status,
 //! latency, a dropped connection or a request held without an answer (a hang), scripted ([`Emulator::inject`]) or at seeded random rates.
 //!
@@ -474,9 +487,10 @@ impl EmulatorBuilder {
     /// [`Emulator::endpoint`], gets a token the uploads accept: `POST
     /// /{tenant}/oauth2/v2.0/token` with the `client_credentials` grant (any client id and
     /// secret) answers the current token, and `GET /{tenant}/v2.0/.well-known/openid-configuration`
-    /// and `GET /common/discovery/instance` answer the discovery documents MSAL reads first. The
-    /// SDKs send a secret only over HTTPS: combine it with [`tls`](Self::tls). These requests are
-    /// in the request log; faults do not apply to them.
+    /// answers the discovery document MSAL reads first (Python's and JS's azure-identity also
+    /// need instance discovery off: it asks the public cloud). The SDKs send a secret only over
+    /// HTTPS: combine it with [`tls`](Self::tls). These requests are in the request log; faults
+    /// do not apply to them.
     pub fn entra(mut self) -> Self {
         self.entra = true;
         self
