@@ -275,21 +275,11 @@ fn put_rule(
 /// The rule's declared streams, once its data flows check out; else `(detail code, message)`.
 fn rule_streams(shared: &Shared, body: &Value) -> Result<Streams, (&'static str, String)> {
     let properties = &body["properties"];
-    let Some(declarations) = properties["streamDeclarations"].as_object() else {
+    if !properties["streamDeclarations"].is_object() {
         return Err(("InvalidStream", "properties.streamDeclarations is required".into()));
-    };
-    let mut streams = Vec::new();
-    for (stream, declaration) in declarations {
-        if !stream.starts_with("Custom-") {
-            return Err((
-                "InvalidStream",
-                format!("declared stream '{stream}' must start with 'Custom-'"),
-            ));
-        }
-        let columns = Column::from_stream_declaration(declaration)
-            .map_err(|e| ("InvalidStream", format!("stream '{stream}': {e}")))?;
-        streams.push((stream.clone(), columns));
     }
+    let streams =
+        Column::from_stream_declarations(&properties["streamDeclarations"]).map_err(|e| ("InvalidStream", e))?;
     let workspaces: HashMap<&str, String> = properties["destinations"]["logAnalytics"]
         .as_array()
         .into_iter()

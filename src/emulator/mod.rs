@@ -52,6 +52,19 @@
 //! service's 403 `OperationFailed` (`IsRbacPresent: False`), as a missing or not yet applied
 //! role does.
 //!
+//! # A local service for any Azure client
+//!
+//! - HTTPS ([`EmulatorBuilder::tls`], [`EmulatorTls`]): rustls, HTTP/1.1 and HTTP/2 (ALPN), a
+//!   generated CA and a certificate for `127.0.0.1` and `localhost`, or given PEM files. Every
+//!   route is then served over TLS only; [`Emulator::ca_pem`] / [`Emulator::ca_file`] give the
+//!   CA clients must trust. The official SDKs send a bearer token only over HTTPS.
+//! - [`EmulatorBuilder::any_token`] accepts any non-empty bearer token, and
+//!   [`EmulatorBuilder::entra`] serves the Entra token route (`POST /{tenant}/oauth2/v2.0/token`,
+//!   `client_credentials`), so `ClientSecretCredential` with its authority host set to the
+//!   endpoint works.
+//! - `GET /health` answers 200 `{"status":"ok",..}` (no token, not recorded).
+//! - The `azure-logs-emulator` binary ([`cli`]) runs all of this from the command line.
+//!
 //! Faults ([`Fault`], [`FaultRates`]) inject 429 (`Retry-After` or `retry-after-ms`), any status,
 //! latency, a dropped connection or a request held without an answer (a hang), scripted ([`Emulator::inject`]) or at seeded random rates.
 //!
@@ -63,7 +76,8 @@
 //!   off with [`EmulatorBuilder::retain_rows`] for long runs and benches (counts are still kept).
 //! - Rows from different rules with the same stream name are stored together, keyed by stream.
 //! - Not emulated: rate limits per DCR, transforms (`transformKql`), `TimeGenerated` rewriting,
-//!   token audience checks, TLS. Delivery into a table is not modelled beyond storing rows.
+//!   token audience and signature checks (the Entra route hands out the emulator's token, not a
+//!   JWT). Delivery into a table is not modelled beyond storing rows.
 //!
 //! # Example
 //!
@@ -96,7 +110,9 @@
 //! ```
 
 mod checks;
+pub mod cli;
 mod credential;
+mod entra;
 mod faults;
 mod ingest;
 mod kql;
@@ -106,6 +122,7 @@ mod request;
 mod schema;
 mod server;
 mod state;
+mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -118,6 +135,7 @@ pub use query::{DEFAULT_QUERY_MAX_BYTES, DEFAULT_QUERY_MAX_ROWS};
 pub use request::{API_VERSIONS, MAX_CONTENT_LENGTH};
 pub use schema::{Column, ColumnType, MAX_FIELD_BYTES};
 pub use state::{EmulatorStats, RequestRecord};
+pub use tls::{CA_FILE, CERT_FILE, EmulatorTls, KEY_FILE};
 
 use azure_core::credentials::Secret;
 use credential::EmulatorCredential;
@@ -143,6 +161,18 @@ pub enum EmulatorError {
     /// The server's tokio runtime could not be built or could not adopt the socket.
     #[error("cannot start the emulator's runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The TLS certificate could not be made, read or used (the message says which).
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// A TLS file could not be read or written.
+    #[error("cannot access the TLS file {path}: {source}")]
+    TlsFile {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The persist directory could not be created.
     #[error("cannot create the persist directory {path}: {source}")]
     PersistDir {
@@ -162,6 +192,7 @@ pub struct Emulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
     credential: Arc<EmulatorCredential>,
+    tls: Option<EmulatorTls>,
     server: server::ServerHandle,
 }
 
@@ -185,9 +216,27 @@ impl Emulator {
         EmulatorBuilder::default()
     }
 
-    /// Base URL of the server, `http://127.0.0.1:PORT`, without a trailing slash.
+    /// Base URL of the server, `http://127.0.0.1:PORT` (`https://` with
+    /// [`EmulatorBuilder::tls`]), without a trailing slash.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The TLS settings it serves HTTPS with, if any.
+    pub fn tls(&self) -> Option<&EmulatorTls> {
+        self.tls.as_ref()
+    }
+
+    /// The PEM text of the CA clients must trust, when the certificate was generated
+    /// ([`EmulatorTls::generate`]); `None` without TLS or with a given certificate.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(EmulatorTls::ca_pem)
+    }
+
+    /// The CA file clients must trust, when [`EmulatorTls::generate_into`] wrote it.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().and_then(EmulatorTls::ca_file)
     }
 
     /// The bound socket address.
@@ -353,6 +402,9 @@ pub struct EmulatorBuilder {
     query_max_rows: usize,
     query_max_bytes: usize,
     role_propagation: Duration,
+    tls: Option<EmulatorTls>,
+    any_token: bool,
+    entra: bool,
 }
 
 impl Default for EmulatorBuilder {
@@ -372,6 +424,9 @@ impl Default for EmulatorBuilder {
             query_max_rows: DEFAULT_QUERY_MAX_ROWS,
             query_max_bytes: DEFAULT_QUERY_MAX_BYTES,
             role_propagation: Duration::ZERO,
+            tls: None,
+            any_token: false,
+            entra: false,
         }
     }
 }
@@ -393,6 +448,9 @@ impl std::fmt::Debug for EmulatorBuilder {
             .field("query_max_rows", &self.query_max_rows)
             .field("query_max_bytes", &self.query_max_bytes)
             .field("role_propagation", &self.role_propagation)
+            .field("tls", &self.tls)
+            .field("any_token", &self.any_token)
+            .field("entra", &self.entra)
             .finish()
     }
 }
@@ -413,6 +471,37 @@ impl EmulatorBuilder {
     /// Turn auth off: any request is accepted with or without `Authorization`.
     pub fn no_auth(mut self) -> Self {
         self.token = None;
+        self
+    }
+
+    /// Also accept any non-empty bearer token, as a real credential gets one the emulator cannot
+    /// check (requests without a token still get 401). The token of [`Emulator::token`] stays
+    /// valid; [`no_auth`](Self::no_auth) or `set_token(None)` still turn auth off.
+    pub fn any_token(mut self) -> Self {
+        self.any_token = true;
+        self
+    }
+
+    /// Also act as the Entra ID token endpoint on the same listener, so that the
+    /// `ClientSecretCredential` of any Azure SDK, its authority host set to
+    /// [`Emulator::endpoint`], gets a token the uploads accept: `POST
+    /// /{tenant}/oauth2/v2.0/token` with the `client_credentials` grant (any client id and
+    /// secret) answers the current token, and `GET /{tenant}/v2.0/.well-known/openid-configuration`
+    /// answers the discovery document MSAL reads first (Python's and JS's azure-identity also
+    /// need instance discovery off: it asks the public cloud). The SDKs send a secret only over
+    /// HTTPS: combine it with [`tls`](Self::tls). These requests are in the request log; faults
+    /// do not apply to them.
+    pub fn entra(mut self) -> Self {
+        self.entra = true;
+        self
+    }
+
+    /// Serve HTTPS with this certificate: [`EmulatorTls::generate_into`] makes a CA and a
+    /// certificate for `127.0.0.1` and `localhost`, [`EmulatorTls::from_pem_files`] uses yours.
+    /// [`Emulator::endpoint`] then starts with `https://`, and every route (uploads, queries,
+    /// management, Entra) is served over TLS only, HTTP/1.1 or HTTP/2 (ALPN `h2`, `http/1.1`).
+    pub fn tls(mut self, tls: EmulatorTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -534,6 +623,8 @@ impl EmulatorBuilder {
             query_max_rows: self.query_max_rows,
             query_max_bytes: self.query_max_bytes,
             role_propagation: self.role_propagation,
+            any_token: self.any_token,
+            entra: self.entra,
         };
         let state = State {
             token: self.token.map(Secret::new),
@@ -544,11 +635,17 @@ impl EmulatorBuilder {
             late: None,
         };
         let shared = Arc::new(Shared::new(config, state));
-        let (addr, server) = server::spawn(shared.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)))?;
+        let acceptor = self.tls.as_ref().map(EmulatorTls::acceptor).transpose()?;
+        let (addr, server) = server::spawn(
+            shared.clone(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
+            acceptor,
+        )?;
         let emulator = Emulator {
             credential: Arc::new(EmulatorCredential { shared: shared.clone() }),
             shared,
             addr,
+            tls: self.tls,
             server,
         };
         let _ = emulator.shared.endpoint.set(emulator.endpoint());

@@ -252,13 +252,13 @@ impl Recorder {
     pub(super) fn start(
         shared: &Arc<Shared>,
         parts: &hyper::http::request::Parts,
-        route: &Route,
+        route: Option<&Route>,
         api_version: Option<String>,
         fault: Option<Fault>,
     ) -> Recorder {
         let headers = &parts.headers;
         let (rule_id, stream) = match route {
-            Route::Upload { rule_id, stream } => (Some(rule_id.clone()), Some(stream.clone())),
+            Some(Route::Upload { rule_id, stream }) => (Some(rule_id.clone()), Some(stream.clone())),
             _ => (None, None),
         };
         Recorder {
@@ -298,14 +298,22 @@ pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
-/// Whether the request carries `Bearer <expected>` (always, when auth is off).
-pub(super) fn bearer_matches(headers: &HeaderMap, expected: Option<&azure_core::credentials::Secret>) -> bool {
+/// Whether the request carries `Bearer <expected>` (always, when auth is off), or with
+/// `any_token` a non-empty bearer token.
+pub(super) fn bearer_matches(
+    headers: &HeaderMap,
+    expected: Option<&azure_core::credentials::Secret>,
+    any_token: bool,
+) -> bool {
     let Some(expected) = expected else { return true };
     headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().split_once(' '))
-        .is_some_and(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && t.trim() == expected.secret())
+        .is_some_and(|(scheme, t)| {
+            let t = t.trim();
+            scheme.eq_ignore_ascii_case("bearer") && (t == expected.secret() || (any_token && !t.is_empty()))
+        })
 }
 
 #[cfg(test)]

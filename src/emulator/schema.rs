@@ -105,6 +105,26 @@ impl Column {
         }
     }
 
+    /// The streams of a DCR `streamDeclarations` object, `{"Custom-X":{"columns":[..]},..}`, each
+    /// with its columns (see [`from_stream_declaration`](Self::from_stream_declaration)). Stream
+    /// names must start with `Custom-`. The error names the stream and the malformed entry.
+    pub fn from_stream_declarations(declarations: &Value) -> Result<Vec<(String, Vec<Column>)>, String> {
+        let declarations = declarations
+            .as_object()
+            .ok_or("streamDeclarations must be an object of streams")?;
+        declarations
+            .iter()
+            .map(|(stream, declaration)| {
+                if !stream.starts_with("Custom-") {
+                    return Err(format!("declared stream '{stream}' must start with 'Custom-'"));
+                }
+                let columns =
+                    Column::from_stream_declaration(declaration).map_err(|e| format!("stream '{stream}': {e}"))?;
+                Ok((stream.clone(), columns))
+            })
+            .collect()
+    }
+
     /// The columns of a DCR `streamDeclarations` entry, `{"columns":[{"name","type"}...]}`, such
     /// as [`Columns::stream_declaration`](crate::Columns::stream_declaration) prints. The error
     /// says which entry is malformed.

@@ -14,9 +14,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use super::EmulatorError;
 use super::checks::{check_api_version, check_destination, check_method, check_route, check_size, check_token, decode};
+use super::entra::entra_route;
 use super::faults::{Fault, status_error_code};
 use super::ingest::ingest;
 use super::management::check_access;
@@ -71,8 +73,16 @@ impl ServerHandle {
     }
 }
 
-/// Binds `addr`, starts the server thread and returns the bound address.
-pub(crate) fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> Result<(SocketAddr, ServerHandle), EmulatorError> {
+/// Longest a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `addr`, starts the server thread and returns the bound address. With `tls`, every
+/// connection is served over TLS (HTTP/1.1 or HTTP/2, as ALPN or the preface says).
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) -> Result<(SocketAddr, ServerHandle), EmulatorError> {
     let listener = std::net::TcpListener::bind(addr).map_err(EmulatorError::Bind)?;
     listener.set_nonblocking(true).map_err(EmulatorError::Bind)?;
     let local = listener.local_addr().map_err(EmulatorError::Bind)?;
@@ -96,7 +106,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> Result<(SocketAddr
             match listener {
                 Ok(listener) => {
                     let _ = ready_tx.send(Ok(()));
-                    rt.block_on(accept_loop(listener, shared, shutdown_rx));
+                    rt.block_on(accept_loop(listener, tls, shared, shutdown_rx));
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -134,7 +144,12 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -150,12 +165,17 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(serve_connection(
-                        stream,
-                        builder.clone(),
-                        shared.clone(),
-                        shutdown.clone(),
-                    ));
+                    let (builder, shared, shutdown) = (builder.clone(), shared.clone(), shutdown.clone());
+                    match tls.clone() {
+                        None => conns.spawn(serve_connection(stream, builder, shared, shutdown)),
+                        Some(acceptor) => conns.spawn(async move {
+                            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                            // A client that does not trust the certificate gives up here.
+                            if let Ok(Ok(stream)) = handshake.await {
+                                serve_connection(stream, builder, shared, shutdown).await;
+                            }
+                        }),
+                    };
                 }
                 // Out of file descriptors and the like: back off briefly instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -171,12 +191,14 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut
     conns.abort_all();
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc_shutdown = shutdown.clone();
     let service = service_fn(move |req| handle(req, shared.clone(), svc_shutdown.clone()));
     let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -198,12 +220,22 @@ async fn handle(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Response<Body>, Dropped> {
-    let (fault, token) = shared.enter();
+    if req.uri().path() == "/health" {
+        return Ok(health(&shared));
+    }
+    let entra = shared.config.entra.then(|| entra_route(req.uri().path())).flatten();
+    let (fault, token) = shared.enter(entra.is_none());
     let (parts, mut body) = req.into_parts();
+    if let Some(entra) = entra {
+        let mut rec = Recorder::start(&shared, &parts, None, None, None);
+        rec.rec().authorized = true;
+        let body = read_request_body(&mut body, &mut rec, &mut shutdown).await?;
+        return Ok(super::entra::answer(&shared, &parts, entra, body, &mut rec));
+    }
     let route = route(parts.uri.path());
     let api_version = api_version(parts.uri.query());
-    let mut rec = Recorder::start(&shared, &parts, &route, api_version.clone(), fault.clone());
-    let authorized = bearer_matches(&parts.headers, token.as_ref());
+    let mut rec = Recorder::start(&shared, &parts, Some(&route), api_version.clone(), fault.clone());
+    let authorized = bearer_matches(&parts.headers, token.as_ref(), shared.config.any_token);
     rec.rec().authorized = authorized;
 
     let body = read_request_body(&mut body, &mut rec, &mut shutdown).await?;
@@ -237,6 +269,17 @@ async fn handle(
         }
     };
     Ok(answered.await.unwrap_or_else(|error| *error))
+}
+
+/// `GET /health` (any method): 200 `{"status":"ok",..}`. Not recorded, no fault, no token.
+fn health(shared: &Shared) -> Response<Body> {
+    let body = serde_json::json!({
+        "status": "ok",
+        "service": "azure-logs-emulator",
+        "version": env!("CARGO_PKG_VERSION"),
+        "endpoint": shared.endpoint.get(),
+    });
+    super::query::json_response(200, &body, None)
 }
 
 /// Reads the body first (bounded), so that every answer reaches a client still sending. A body

@@ -159,6 +159,10 @@ pub(crate) struct Config {
     pub(crate) query_max_bytes: usize,
     /// How long after its `PUT` a rule answers uploads with 403 (role assignment propagating).
     pub(crate) role_propagation: Duration,
+    /// Accept any non-empty bearer token (while auth is on).
+    pub(crate) any_token: bool,
+    /// Serve the Entra token and discovery routes.
+    pub(crate) entra: bool,
 }
 
 /// Everything the server and the handle share.
@@ -254,12 +258,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A request arrived: counts it in flight and returns its fault and the accepted token.
-    pub(crate) fn enter(&self) -> (Option<Fault>, Option<Secret>) {
+    /// A request arrived: counts it in flight and returns its fault (when `faulty`: the Entra
+    /// routes draw none) and the accepted token.
+    pub(crate) fn enter(&self, faulty: bool) -> (Option<Fault>, Option<Secret>) {
         let mut st = self.lock();
         st.stats.in_flight += 1;
         st.stats.max_in_flight = st.stats.max_in_flight.max(st.stats.in_flight);
-        let out = (st.faults.next(), st.token.clone());
+        let fault = if faulty { st.faults.next() } else { None };
+        let out = (fault, st.token.clone());
         drop(st);
         self.changed.notify_all();
         out
