@@ -20,11 +20,14 @@ fn upload_url(endpoint: &str, stream: &str) -> String {
 
 /// A client that trusts exactly these CAs (no system or built-in roots).
 fn trusting_only(ca_pem: &str) -> reqwest::Client {
+    trusting_only_builder(ca_pem).build().unwrap()
+}
+
+/// [`trusting_only`], before its other settings.
+fn trusting_only_builder(ca_pem: &str) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
         .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -66,10 +69,8 @@ async fn a_client_trusting_only_the_generated_ca_uploads_over_https_and_queries(
     assert_eq!(answer["tables"][0]["rows"][0][0], 1, "{answer}");
 
     // The same over HTTP/1.1.
-    let http1 = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(emu.ca_pem().unwrap().as_bytes()).unwrap()])
+    let http1 = trusting_only_builder(emu.ca_pem().unwrap())
         .http1_only()
-        .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
     let response = http1

@@ -103,10 +103,18 @@ fn row<'a>(rows: &'a [Value], message: &str) -> &'a Value {
 
 /// The row's ids, as the exported span's: 32 and 16 lowercase hex digits.
 fn assert_ids(row: &Value, span: &SpanData) {
+    assert_ids_as(row, span, Some("TraceId"), Some("SpanId"));
+}
+
+/// [`assert_ids`] under these column names; `None`: the column is dropped, and absent.
+fn assert_ids_as(row: &Value, span: &SpanData, trace_column: Option<&str>, span_column: Option<&str>) {
     let trace = format!("{:032x}", span.span_context.trace_id());
     let id = format!("{:016x}", span.span_context.span_id());
-    assert_eq!(row["TraceId"], trace.as_str(), "{row}");
-    assert_eq!(row["SpanId"], id.as_str(), "{row}");
+    for (column, expected) in [(trace_column, trace), (span_column, id)] {
+        if let Some(column) = column {
+            assert_eq!(row[column], expected.as_str(), "{row}");
+        }
+    }
 }
 
 /// Nested spans, two events per span (the second from the cache), and events outside.
@@ -227,58 +235,66 @@ fn async_tasks_carry_their_spans_ids() {
     assert_eq!(traces.len(), 8);
 }
 
-/// The Application Insights names, one column dropped, and the stream declared from that shape
-/// (strict) accepts the rows; the provisioning bodies name the columns too.
+/// One event in a span `op`, through a pipeline of `shape` into a stream declared (strictly) from
+/// that shape: the one row the emulator received, and the exported span.
+fn one_row_in_a_span(shape: impl Fn(AzureLogsBuilder) -> AzureLogsBuilder) -> (Value, SpanData) {
+    let (emu, builder) = declared(shape);
+    let t = traced(builder, true, true);
+    tracing::dispatcher::with_default(&t.dispatch, || {
+        tracing::info_span!("op").in_scope(|| tracing::info!("in op"));
+    });
+    let spans = t.finish();
+    let rows = emu.rows(STREAM);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    (rows[0].clone(), span(&spans, "op").clone())
+}
+
+/// The Application Insights names, dropped columns, and rows of the trace columns alone: the
+/// stream declared from each shape (strict) accepts the rows; the provisioning bodies name the
+/// columns too.
 #[test]
 fn trace_columns_can_be_renamed_and_dropped() {
     let _limit = common::time_limit();
-    let shape = |b: AzureLogsBuilder| {
+    let renamed = |b: AzureLogsBuilder| {
         b.rename_column(Column::TraceId, "OperationId")
             .rename_column(Column::SpanId, "ParentId")
     };
-    let (emu, builder) = declared(shape);
-    let provisioning = shape(AzureLogs::builder().stream(STREAM)).provisioning().unwrap();
-    let table = provisioning.table_body().to_string();
+    let table = renamed(AzureLogs::builder().stream(STREAM))
+        .provisioning()
+        .unwrap()
+        .table_body()
+        .to_string();
     assert!(
         table.contains(r#"{"name":"OperationId","type":"string"}"#)
             && table.contains(r#"{"name":"ParentId","type":"string"}"#),
         "{table}"
     );
-    let t = traced(builder, true, true);
-    tracing::dispatcher::with_default(&t.dispatch, || {
-        tracing::info_span!("op").in_scope(|| tracing::info!("renamed"));
-    });
-    let spans = t.finish();
-    let rows = emu.rows(STREAM);
-    let op = span(&spans, "op");
-    let renamed = row(&rows, "renamed");
-    assert_eq!(
-        renamed["OperationId"],
-        format!("{:032x}", op.span_context.trace_id()).as_str()
-    );
-    assert_eq!(
-        renamed["ParentId"],
-        format!("{:016x}", op.span_context.span_id()).as_str()
-    );
-    assert!(renamed.get("TraceId").is_none() && renamed.get("SpanId").is_none());
+    let (row, op) = one_row_in_a_span(renamed);
+    assert_ids_as(&row, &op, Some("OperationId"), Some("ParentId"));
+    assert!(row.get("TraceId").is_none() && row.get("SpanId").is_none(), "{row}");
 
-    let (emu, builder) = declared(|b| b.drop_column(Column::SpanId).drop_column(Column::Spans));
-    let t = traced(builder, true, true);
-    tracing::dispatcher::with_default(&t.dispatch, || {
-        tracing::info_span!("op").in_scope(|| tracing::info!("dropped"));
+    let (row, op) = one_row_in_a_span(|b| b.drop_column(Column::SpanId).drop_column(Column::Spans));
+    assert_ids_as(&row, &op, Some("TraceId"), None);
+    assert!(row.get("Spans").is_none(), "{row}");
+
+    // Every other column dropped: the cached ids open the row, without a leading comma.
+    let (row, op) = one_row_in_a_span(|b| {
+        [
+            Column::TimeGenerated,
+            Column::Level,
+            Column::Target,
+            Column::Message,
+            Column::Properties,
+            Column::Spans,
+            Column::File,
+            Column::Line,
+            Column::Thread,
+        ]
+        .into_iter()
+        .fold(b.drop_static_column("Computer"), AzureLogsBuilder::drop_column)
     });
-    let spans = t.finish();
-    let rows = emu.rows(STREAM);
-    let dropped = row(&rows, "dropped");
-    let op = span(&spans, "op");
-    assert_eq!(
-        dropped["TraceId"],
-        format!("{:032x}", op.span_context.trace_id()).as_str()
-    );
-    assert!(
-        dropped.get("SpanId").is_none() && dropped.get("Spans").is_none(),
-        "{dropped}"
-    );
+    assert_eq!(row.as_object().unwrap().len(), 2, "{row}");
+    assert_ids(&row, &op);
 }
 
 /// `log` records (no tracing span), and tracing events outside tracing spans, take the ids of the

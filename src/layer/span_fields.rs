@@ -83,17 +83,10 @@ where
                 // A span the registry no longer has (its guard was leaked, then it closed) is
                 // looked up again at the next event.
                 if let Some(leaf) = ctx.span(&id) {
+                    // Encoded apart from the row, so with a comma first (`key` writes one into an
+                    // empty buffer); `append_members` drops it after a `{`.
                     #[cfg(feature = "opentelemetry")]
-                    {
-                        // Encoded apart from the row, so with a comma first (dropped after a `{`
-                        // when appended): `{` stands in for it while writing, as `key` wants.
-                        scope.ids.push(b'{');
-                        trace_context::write_span_ids(shape, &layer.dispatch, &leaf, &mut scope.ids);
-                        scope.ids[0] = b',';
-                        if scope.ids.len() == 1 {
-                            scope.ids.clear();
-                        }
-                    }
+                    trace_context::write_span_ids(shape, &layer.dispatch, &leaf, &mut scope.ids);
                     if shape.spans.is_some() {
                         scope.leaf_versioned = leaf.extensions().get::<SpanFields>().is_some();
                         write_scope(&mut scope.encoded, Some(&mut scope.versions), leaf, 0);

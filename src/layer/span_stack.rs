@@ -39,7 +39,7 @@ pub(crate) struct Scope {
     /// goes stale, so it may be kept after an exit for the span's next enter.
     pub(crate) leaf_versioned: bool,
     /// The trace columns of the entry's span (feature `opentelemetry`), encoded with a leading
-    /// comma; empty when the span has no OpenTelemetry context.
+    /// comma (`,"TraceId":..,"SpanId":..`); empty when the span has no OpenTelemetry context.
     #[cfg(feature = "opentelemetry")]
     pub(crate) ids: Vec<u8>,
 }
